@@ -1,0 +1,28 @@
+/* Shared by the hand-written shim.c and the generated half (build/gen_shim.py). */
+#ifndef AILB_SHIM_H
+#define AILB_SHIM_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SHIM_LOG_ERROR 4 /* proxy-wasm log level "error" */
+#define SHIM_MAX_CALLBACK_ARGS 8
+
+/* Generated per target: the host-function imports, SHIM_NUM_CALLBACKS and
+ * SHIM_ENTRY_MODULE (the plugin module imported at start). */
+#include "shim_gen.h"
+extern const char *const shim_callback_names[SHIM_NUM_CALLBACKS];
+
+/* Defined in shim.c. */
+uint32_t shim_dispatch(int index, const uint32_t *args, int nargs, uint32_t fallback);
+int shim_arity(const char *name, Py_ssize_t expected, Py_ssize_t got);
+int shim_u32(PyObject *obj, uint32_t *out);
+int shim_i32(PyObject *obj, int32_t *out);
+int shim_u64(PyObject *obj, uint64_t *out);
+int shim_i64(PyObject *obj, int64_t *out);
+int shim_in(PyObject *obj, const char **data, size_t *size);
+PyObject *shim_take_bytes(char *data, size_t size);
+
+#endif

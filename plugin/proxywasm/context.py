@@ -1,0 +1,118 @@
+"""Plugin-facing contexts with no-op defaults. Subclass and override.
+
+A RootContext lives as long as the plugin configuration in one VM (one per
+Envoy worker); it makes an HttpContext for every stream.
+"""
+
+from . import callouts, hostcalls
+
+# What on_request_headers / on_request_body / ... return.
+CONTINUE = 0
+PAUSE = 1  # StopIteration: hold the stream until resume_request()/resume_response()
+CONTINUE_AND_END_STREAM = 2
+STOP_ALL_AND_BUFFER = 3
+STOP_ALL_AND_WATERMARK = 4
+
+
+class Context:
+    """What root and HTTP contexts share: their id and callouts."""
+
+    def __init__(self, context_id):
+        self.context_id = context_id
+
+    def http_call(self, cluster, header_pairs, body, timeout_ms, on_response):
+        """Starts an HTTP callout. `on_response(num_headers, body_size, num_trailers)`
+        later runs with this context effective. Returns the token."""
+        token = hostcalls.http_call(cluster, header_pairs, body, (), timeout_ms)
+        callouts.HTTP.expect(token, self, on_response)
+        return token
+
+    def redis_call(self, cluster, query, on_reply):
+        """Sends RESP `query` (Higress only); `on_reply(status, reply_bytes)` runs
+        later with this context effective. Returns the token."""
+        token = hostcalls.redis_call(cluster, query)
+        callouts.REDIS.expect(token, self, on_reply)
+        return token
+
+
+class HttpContext(Context):
+    """One HTTP stream. Callbacks return an action (CONTINUE by default)."""
+
+    def __init__(self, context_id, root):
+        super().__init__(context_id)
+        self.root = root
+        self.request_paused = False  # kept by the dispatcher and resume_request()
+
+    def on_request_headers(self, num_headers, end_of_stream):
+        return CONTINUE
+
+    def on_request_body(self, body_size, end_of_stream):
+        return CONTINUE
+
+    def on_request_trailers(self, num_trailers):
+        return CONTINUE
+
+    def on_response_headers(self, num_headers, end_of_stream):
+        return CONTINUE
+
+    def on_response_body(self, body_size, end_of_stream):
+        return CONTINUE
+
+    def on_response_trailers(self, num_trailers):
+        return CONTINUE
+
+    def on_done(self):
+        """The stream is complete; return False to delay its deletion (rare)."""
+        return True
+
+    def on_log(self):
+        """Last callback with stream data: runs however the stream ended (complete,
+        reset, client abort, local reply). Release per-request state here."""
+
+    def on_delete(self):
+        """The context is gone; no host calls about its stream any more."""
+
+    def resume_request(self):
+        """Continues a request paused by returning PAUSE. Safe to call twice."""
+        if self.request_paused:
+            self.request_paused = False
+            hostcalls.continue_stream(hostcalls.STREAM_REQUEST)
+
+    def send_local_response(self, status, body=b"", header_pairs=(), details=""):
+        """Answers the client directly (e.g. 429, 503); ends the request."""
+        self.request_paused = False
+        hostcalls.send_local_response(status, body, header_pairs, details)
+
+
+class RootContext(Context):
+    """The plugin's configuration and everything that outlives one stream."""
+
+    def on_vm_start(self, vm_configuration):
+        """Once per VM. Return False to fail the VM."""
+        return True
+
+    def on_configure(self, configuration):
+        """The plugin configuration (bytes). Return False to reject it."""
+        return True
+
+    def on_tick(self):
+        """The timer set with hostcalls.set_tick_period_ms fired."""
+
+    def on_queue_ready(self, queue_id):
+        """A shared queue this VM registered has data."""
+
+    def on_foreign_function(self, function_id, data_size):
+        """The host called into the plugin by a foreign function id."""
+
+    def new_http_context(self, context_id):
+        """The HttpContext for a new stream; None lets the stream pass untouched."""
+        return None
+
+    def on_done(self):
+        return True
+
+    def on_log(self):
+        """Unused for root contexts."""
+
+    def on_delete(self):
+        """The configuration is gone (replaced or the VM stops)."""
