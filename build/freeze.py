@@ -32,11 +32,11 @@ EXCLUDED = {
     "asyncio", "email", "http", "urllib", "xml", "ssl", "socket", "selectors", "logging",
     "argparse", "gettext", "locale", "zipfile", "tarfile", "bz2", "lzma", "gzip", "zlib",
     "pickle", "_pickle", "_compat_pickle", "ctypes", "sqlite3", "curses", "readline",
-    "getpass", "platform", "sysconfig", "_sysconfigdata", "pathlib", "inspect", "dis",
-    "tokenize", "linecache", "traceback", "ast", "importlib.metadata", "importlib.resources",
+    "getpass", "platform", "sysconfig", "_sysconfigdata", "pathlib",
+    "importlib.metadata", "importlib.resources",
     "_strptime", "datetime", "calendar", "decimal", "_pydecimal", "fractions", "statistics",
     "uuid", "_aix_support", "_bootsubprocess", "__main__", "_osx_support", "nturl2path",
-    "_winapi", "winreg", "nt", "msvcrt", "_posixsubprocess", "threading", "warnings",
+    "_winapi", "winreg", "nt", "msvcrt", "_posixsubprocess", "threading",
 }
 
 

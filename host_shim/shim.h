@@ -7,7 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SHIM_LOG_ERROR 4 /* proxy-wasm log level "error" */
+#define SHIM_LOG_DEBUG 1 /* proxy-wasm log levels */
+#define SHIM_LOG_ERROR 4
 #define SHIM_MAX_CALLBACK_ARGS 8
 
 /* Generated per target: the host-function imports, SHIM_NUM_CALLBACKS and

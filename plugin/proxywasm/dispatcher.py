@@ -6,6 +6,8 @@ leaves this module: it is logged with its traceback, and the stream continues
 on the service's own load balancing (a paused request is resumed).
 """
 
+import gc
+
 from . import abi, callouts, hostcalls, stdio
 from .context import CONTINUE, PAUSE, STOP_ALL_AND_BUFFER, STOP_ALL_AND_WATERMARK
 
@@ -86,6 +88,9 @@ def proxy_on_configure(root_context_id, plugin_config_size):
         config = hostcalls.get_buffer(hostcalls.PLUGIN_CONFIGURATION, 0, plugin_config_size)
         ok = root.on_configure(config)
         _failed.discard(root_context_id)
+        # What configure built lives as long as the VM: keep the collector off it.
+        gc.collect()
+        gc.freeze()
         return 1 if ok else 0
     except BaseException as exc:
         # A bug, not a bad configuration: keep Envoy up, pass every stream through.

@@ -1,0 +1,121 @@
+"""The build tool's pure parts: shim generation from the ABI table, and freezing."""
+
+import marshal
+import os
+import re
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "build"))
+
+import freeze  # noqa: E402
+import gen_shim  # noqa: E402
+from proxywasm import abi_table  # noqa: E402
+
+HIGRESS_ONLY = ("proxy_get_upstream_hosts", "proxy_set_upstream_override_host",
+                "proxy_redis_init", "proxy_redis_call")
+
+
+def _generated(target):
+    hosts, callbacks = abi_table.host_functions(target), abi_table.callbacks(target)
+    return (gen_shim.header(hosts, callbacks, "x.main")
+            + gen_shim.source(hosts, callbacks, abi_table.TARGETS[target][1]))
+
+
+def test_envoy_target_imports_no_higress_function():
+    text = _generated("envoy")
+    for name in HIGRESS_ONLY:
+        assert f'import_name("{name}")' not in text
+    assert 'export_name("proxy_on_redis_call_response")' not in text
+    assert 'export_name("proxy_abi_version_0_2_1")' in text
+
+
+def test_higress_target_imports_its_extensions_and_marker():
+    text = _generated("higress")
+    for name in HIGRESS_ONLY:
+        assert f'import_name("{name}")' in text
+    assert 'export_name("proxy_on_redis_call_response")' in text
+    assert 'export_name("proxy_abi_version_0_2_100")' in text
+
+
+@pytest.mark.parametrize("target", sorted(abi_table.TARGETS))
+def test_every_callback_and_host_function_is_generated(target):
+    text = _generated(target)
+    for name, _, _ in abi_table.callbacks(target):
+        assert f'export_name("{name}")' in text
+    for name, _ in abi_table.host_functions(target):
+        assert f'{{"{name}", (PyCFunction)' in text
+
+
+def test_callback_arity_fits_the_trampoline():
+    widest = max(len(params) for _, _, params, _ in abi_table.CALLBACKS)
+    with open(os.path.join(ROOT, "host_shim", "shim.h")) as f:
+        limit = int(re.search(r"#define SHIM_MAX_CALLBACK_ARGS (\d+)", f.read()).group(1))
+    assert widest <= limit
+
+
+def test_out_params_come_back_after_the_status():
+    assert abi_table.out_kinds(dict((n, p) for n, _, p in abi_table.HOST_FUNCTIONS)[
+        "proxy_get_shared_data"]) == ["out", "out_u32"]
+
+
+def _tree(tmp_path, files):
+    for name, text in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return str(tmp_path)
+
+
+def test_collect_follows_absolute_relative_and_parent_imports(tmp_path):
+    root = _tree(tmp_path, {
+        "app/__init__.py": "",
+        "app/main.py": "from . import helper\nfrom .sub import deep\nimport json\n",
+        "app/helper.py": "def f():\n    import app.lazy\n",
+        "app/lazy.py": "",
+        "app/sub/__init__.py": "",
+        "app/sub/deep.py": "from ..helper import f\n",
+        "json/__init__.py": "from .decoder import x\n",
+        "json/decoder.py": "try:\n    import _missing_accelerator\nexcept ImportError:\n    pass\n",
+    })
+    found = freeze.collect(["app.main"], [root], builtins=set())
+    assert set(found) == {"app", "app.main", "app.helper", "app.lazy", "app.sub",
+                          "app.sub.deep", "json", "json.decoder"}
+    assert found["app.sub"][1] is True and found["app.main"][1] is False
+
+
+def test_collect_skips_builtins_deep_frozen_and_excluded(tmp_path):
+    root = _tree(tmp_path, {
+        "app.py": "import os, _json, subprocess, logging.handlers\n",
+        "subprocess.py": "", "logging/__init__.py": "", "logging/handlers.py": "",
+        "_json.py": "",
+    })
+    found = freeze.collect(["app"], [root], builtins={"_json"})
+    assert set(found) == {"app"}
+
+
+def test_collect_rejects_a_missing_entry(tmp_path):
+    with pytest.raises(SystemExit, match="entry modules not found"):
+        freeze.collect(["nope.main"], [str(tmp_path)], builtins=set())
+
+
+def test_frozen_code_names_files_relative_to_their_root(tmp_path):
+    root = _tree(tmp_path, {"pkg/mod.py": "def f():\n    raise ValueError\n"})
+    data = freeze.compile_module("pkg.mod", os.path.join(root, "pkg", "mod.py"), root, 2)
+    code = marshal.loads(data)
+    assert code.co_filename == os.path.join("pkg", "mod.py")
+
+
+def test_frozen_table_lists_every_module_with_its_package_flag(tmp_path):
+    root = _tree(tmp_path, {"pkg/__init__.py": "", "pkg/mod.py": "X = 1\n"})
+    found = freeze.collect(["pkg.mod"], [root], builtins=set())
+    text = freeze.frozen_c(found, [root])
+    assert '{"pkg", m0, ' in text and ', 1, NULL},' in text
+    assert '{"pkg.mod", m1, ' in text
+    assert text.rstrip().endswith("};")
+
+
+def test_this_python_writes_the_wasm_bytecode():
+    freeze.check_python()  # raises SystemExit on a Python other than 3.11
