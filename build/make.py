@@ -13,6 +13,7 @@ downloaded by the build.
 import argparse
 import importlib.util
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -63,6 +64,19 @@ def run(cmd):
         raise SystemExit(f"build: command failed: {' '.join(cmd[:6])} ...")
 
 
+def link(cc_cmd):
+    """Links like `zig cc` would, minus the --export-dynamic zig adds for reactors:
+    that flag exports libpython's whole API (1,700 symbols) and keeps the linker
+    from dropping unused code."""
+    result = subprocess.run(cc_cmd + ["-v"], capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout + result.stderr)
+        raise SystemExit("build: link failed")
+    line = next(l for l in result.stderr.splitlines() if l.startswith("wasm-ld "))
+    args = [a for a in shlex.split(line)[1:] if a != "--export-dynamic"]
+    run([sys.executable, "-m", "ziglang", "wasm-ld", *args])
+
+
 def write_if_changed(path, text):
     """Keeps mtimes of unchanged generated files, so their objects are reused."""
     if os.path.exists(path):
@@ -90,7 +104,7 @@ def build(target, entry, name, out_dir, work_dir, opt, extra_path=()):
     started = time.monotonic()
     py = wasi_python()
     cc = zig_cc()
-    gen_dir = os.path.join(work_dir, f"{name}-{target}")
+    gen_dir = os.path.join(work_dir, f"{name}-{target}{opt}")  # objects depend on the flag
     os.makedirs(gen_dir, exist_ok=True)
     os.makedirs(out_dir, exist_ok=True)
 
@@ -117,7 +131,7 @@ def build(target, entry, name, out_dir, work_dir, opt, extra_path=()):
 
     wasm = os.path.join(out_dir, f"{name}-{target}.wasm")
     lib = os.path.join(py, "lib")
-    run(cc + ["-mexec-model=reactor", opt, "-s", *objects,
+    link(cc + ["-mexec-model=reactor", opt, "-s", *objects,
               os.path.join(lib, "libpython3.11.a"), *WASI_EMULATION,
               "-Wl,--export=malloc", "-Wl,--export=free",
               f"-Wl,-z,stack-size={STACK_SIZE}", "-o", wasm])

@@ -47,10 +47,11 @@ class HttpContext(Context):
         return CONTINUE
 
     def on_request_body(self, body_size, end_of_stream):
-        return CONTINUE
+        """Default: a request paused in its headers (waiting on a callout) stays paused."""
+        return PAUSE if self.request_paused else CONTINUE
 
     def on_request_trailers(self, num_trailers):
-        return CONTINUE
+        return PAUSE if self.request_paused else CONTINUE
 
     def on_response_headers(self, num_headers, end_of_stream):
         return CONTINUE

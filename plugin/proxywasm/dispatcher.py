@@ -41,10 +41,10 @@ def describe_exception(exc):
     return "\n".join(lines)
 
 
-def _report(where, exc):
+def _report(where, exc, scope="this stream"):
     try:
         hostcalls.log(hostcalls.ERROR, f"plugin error in {where}; continuing without the "
-                                       f"plugin for this stream\n{describe_exception(exc)}")
+                                       f"plugin for {scope}\n{describe_exception(exc)}")
     except BaseException:  # the log call itself failed: nothing else is left to try
         pass
 
@@ -95,7 +95,7 @@ def proxy_on_configure(root_context_id, plugin_config_size):
     except BaseException as exc:
         # A bug, not a bad configuration: keep Envoy up, pass every stream through.
         _failed.add(root_context_id)
-        _report("on_configure", exc)
+        _report("on_configure", exc, "every stream of this configuration")
         return 1
 
 
@@ -106,7 +106,7 @@ def _root_call(root_context_id, method, *args):
     try:
         getattr(root, method)(*args)
     except BaseException as exc:
-        _report(method, exc)
+        _report(method, exc, "this event")
 
 
 def proxy_on_tick(root_context_id):

@@ -60,7 +60,9 @@ def set_header_map(map_type, pairs):
 
 
 def get_header(map_type, name):
-    """One header's value, or None when absent. Stream phase."""
+    """One header's value, or None when absent. Stream phase. Envoy serves
+    request headers only while the plugin holds the request (before it returns
+    CONTINUE, or while paused); later it answers BadArgument (a HostError)."""
     try:
         return abi.call("proxy_get_header_map_value", map_type, _b(name)).decode("utf-8", "replace")
     except NotFound:
@@ -110,7 +112,8 @@ def get_property(path):
 
 
 def set_property(path, value):
-    """Sets a host property (filter state). Stream phase."""
+    """Sets a host property (filter state). Stream phase. In Envoy only a
+    one-segment path reads back through get_property."""
     abi.call("proxy_set_property", b"\0".join(_b(p) for p in path), _b(value))
 
 
@@ -192,7 +195,8 @@ def dequeue_shared_queue(queue_id):
 # --- metrics: define in on_configure, update any time ---------------------------
 
 def define_metric(metric_type, name):
-    """Defines a counter, gauge or histogram; returns its id. Same name, same id."""
+    """Defines a counter, gauge or histogram; returns its id. Each call returns a
+    new id (all ids of one name share the stat): define once in on_configure."""
     return abi.call("proxy_define_metric", metric_type, _b(name))
 
 

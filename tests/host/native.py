@@ -1,0 +1,78 @@
+"""Native transport: the plugin's Python runs in this CPython against the emulator.
+
+Each NativePlugin is a fresh "VM": the SDK (`proxywasm`), the load balancer
+(`ai_load_balancer`) and the entry module are purged from sys.modules and
+imported again after `proxywasm.abi.bind()` got an object that exposes exactly
+the target's host functions (so `abi.has("proxy_redis_call")` is False for
+"envoy", as in the .wasm, whose `_proxywasm_host` module lacks it too).
+
+Several NativePlugins may live at once (VMs sharing data): each keeps its own
+module objects and puts them back into sys.modules before each callback, so an
+import done lazily inside the plugin still finds its own VM's modules.
+"""
+
+import importlib
+import os
+import sys
+
+from proxywasm import abi_table
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PLUGIN_DIR = os.path.join(ROOT, "plugin")
+TEST_PLUGIN_DIR = os.path.join(ROOT, "tests", "plugins")
+VM_PACKAGES = ("proxywasm", "ai_load_balancer")
+
+
+class HostNamespace:
+    """The object bound as the host: only the target's functions are attributes."""
+
+    def __init__(self, functions):
+        self.__dict__.update(functions)
+
+    def __repr__(self):
+        return f"<host functions: {', '.join(sorted(self.__dict__))}>"
+
+
+class NativePlugin:
+    """Transport with `call(callback_name, *int_args) -> int | None`."""
+
+    _active = None  # the NativePlugin whose modules sys.modules holds now
+
+    def __init__(self, emulator, entry="ai_load_balancer.main"):
+        for path in (TEST_PLUGIN_DIR, PLUGIN_DIR):
+            if path not in sys.path:
+                sys.path.insert(0, path)
+        self.entry = entry
+        self.target = emulator.target
+        self._roots = VM_PACKAGES + (entry.split(".")[0],)
+        self._purge()
+        abi = importlib.import_module("proxywasm.abi")
+        abi.bind(HostNamespace(emulator.host_functions()))
+        self.module = importlib.import_module(entry)
+        self.dispatcher = importlib.import_module("proxywasm.dispatcher")
+        self.abi = abi
+        self._modules = {name: mod for name, mod in sys.modules.items() if self._owned(name)}
+        NativePlugin._active = self
+        self._callbacks = {name: getattr(self.dispatcher, name)
+                           for name, _, _ in abi_table.callbacks(self.target)}
+
+    def _owned(self, name):
+        return any(name == root or name.startswith(root + ".") for root in self._roots)
+
+    def _purge(self):
+        for name in [n for n in sys.modules if self._owned(n)]:
+            del sys.modules[name]
+
+    def _activate(self):
+        if NativePlugin._active is not self:
+            self._purge()
+            sys.modules.update(self._modules)
+            NativePlugin._active = self
+
+    def call(self, callback, *args):
+        self._activate()
+        return self._callbacks[callback](*args)
+
+    def close(self):
+        if NativePlugin._active is self:
+            NativePlugin._active = None
