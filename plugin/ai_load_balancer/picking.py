@@ -19,6 +19,13 @@ class Pick:
     reason: str          # "least_request" | "prefix_match" | "bounded_load"
 
 
+def under_limit(addresses, inflight, limit):
+    """The addresses with fewer than `limit` requests in flight (all when limit is 0)."""
+    if not limit:
+        return addresses
+    return [a for a in addresses if inflight.get(a, 0) < limit]
+
+
 def least_request(addresses, inflight, rotation):
     """The address with the fewest in-flight requests."""
     n = len(addresses)

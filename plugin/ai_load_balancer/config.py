@@ -1,0 +1,149 @@
+"""The plugin configuration: Higress's `lb_policy` + `lb_config`, validated.
+
+parse() runs at configure time only. Every problem raises ConfigError with a
+message that starts with the field's path, e.g. "lb_config.servicePort: ...".
+"""
+
+import json
+from dataclasses import dataclass
+
+POLICIES = ("header", "global_least_request", "prefix_cache")
+REDIS_POLICIES = ("global_least_request", "prefix_cache")
+
+
+class ConfigError(ValueError):
+    """A configuration the plugin rejects; the message names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    cluster: str           # Envoy cluster of the Redis service (Higress naming)
+    username: str
+    password: str          # never logged
+    timeout_ms: int
+    database: int
+
+
+@dataclass(frozen=True, slots=True)
+class LBConfig:
+    policy: str
+    header: str = "x-ailb-endpoint"        # policy "header"
+    redis: RedisConfig = None              # None: state embedded in the gateway
+    endpoints: tuple = ()                  # stock Envoy: the cluster's replicas
+    key_ttl_s: int = 1800                  # prefix index entries live this long
+    max_request_count: int = 0             # 0: no limit; else local 429 at the limit
+    max_load_gap: int = 4                  # prefix match only within this many in-flight of the least busy
+    block_size: int = 64                   # bytes per prefix block
+    max_blocks: int = 256                  # prefix blocks hashed at most
+    index_capacity: int = 65536            # embedded prefix index slots
+    max_body_bytes: int = 4 * 1024 * 1024  # larger bodies are routed without their prompt
+    lease_s: int = 60                      # a silent gateway's in-flight counts expire after this
+    debug_header: bool = False             # x-ailb-decision response header
+    detail_log: bool = False               # one info line per decision (enableDetailLog)
+
+
+def parse(raw):
+    """Plugin configuration bytes -> (LBConfig, warnings); raises ConfigError.
+    Warnings name lb_config fields the plugin does not know (typos)."""
+    try:
+        doc = json.loads(raw or b"{}")
+    except ValueError as exc:
+        raise ConfigError(f"configuration is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError("configuration must be a JSON object")
+    policy = doc.get("lb_policy", "header")
+    if policy not in POLICIES:
+        raise ConfigError(f"lb_policy: unknown policy {policy!r} (known: {', '.join(POLICIES)})")
+    lb_type = doc.get("lb_type", "endpoint")
+    if lb_type != "endpoint":
+        raise ConfigError(f"lb_type: only 'endpoint' is supported, not {lb_type!r}")
+    fields = doc.get("lb_config", {})
+    if not isinstance(fields, dict):
+        raise ConfigError("lb_config: must be an object")
+    lb = _Fields(fields)
+    header = lb.string("header", "x-ailb-endpoint", empty=False).lower()
+    if policy == "header":
+        return LBConfig(policy, header=header), lb.unknown()
+    lb.number("cleanInterval", 0)  # Higress's counter reset: leases make it unneeded
+    config = LBConfig(
+        policy,
+        redis=_redis(lb),
+        endpoints=tuple(_endpoints(lb)),
+        key_ttl_s=lb.number("redisKeyTTL", 1800, low=1),
+        max_request_count=lb.number("maxRequestCount", 0, low=0),
+        max_load_gap=lb.number("maxLoadGap", 4, low=0),
+        block_size=lb.number("prefixBlockSize", 64, low=16, high=4096),
+        max_blocks=lb.number("maxPrefixBlocks", 256, low=1, high=4096),
+        index_capacity=lb.number("indexCapacity", 65536, low=16, high=1 << 24),
+        max_body_bytes=lb.number("maxBodyBytes", 4 * 1024 * 1024, low=1024),
+        lease_s=lb.number("leaseSeconds", 60, low=5),
+        debug_header=lb.boolean("debugHeader", False),
+        detail_log=lb.boolean("enableDetailLog", False),
+    )
+    return config, lb.unknown()
+
+
+def _redis(lb):
+    fqdn = lb.string("serviceFQDN", "")
+    if not fqdn:
+        return None
+    port = lb.number("servicePort", None, low=1, high=65535)
+    if port is None:
+        raise ConfigError("lb_config.servicePort: required with serviceFQDN")
+    return RedisConfig(cluster=f"outbound|{port}||{fqdn}",
+                       username=lb.string("username", ""),
+                       password=lb.string("password", ""),
+                       timeout_ms=lb.number("timeout", 3000, low=1),
+                       database=lb.number("database", 0, low=0))
+
+
+def _endpoints(lb):
+    endpoints = lb.value("endpoints", [])
+    if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):
+        raise ConfigError("lb_config.endpoints: must be a list of \"ip:port\" strings")
+    for endpoint in endpoints:
+        host, sep, port = endpoint.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"lb_config.endpoints: {endpoint!r} is not \"ip:port\"")
+    return sorted(set(endpoints))
+
+
+class _Fields:
+    """Typed access to lb_config with errors naming the field."""
+
+    def __init__(self, fields):
+        self._fields = fields
+        self._read = set()
+
+    def unknown(self):
+        """Warnings for the fields nothing read."""
+        return [f"lb_config.{name}: unknown field, ignored"
+                for name in sorted(set(self._fields) - self._read)]
+
+    def value(self, name, default):
+        self._read.add(name)
+        return self._fields.get(name, default)
+
+    def string(self, name, default, empty=True):
+        value = self.value(name, default)
+        if not isinstance(value, str) or (not empty and not value):
+            raise ConfigError(f"lb_config.{name}: must be a {'' if empty else 'non-empty '}string")
+        return value
+
+    def number(self, name, default, low=None, high=None):
+        value = self.value(name, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise ConfigError(f"lb_config.{name}: must be a whole number, not {value!r}")
+        value = int(value)
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ConfigError(f"lb_config.{name}: {value} is out of range "
+                              f"[{low if low is not None else ''}, {high if high is not None else ''}]")
+        return value
+
+    def boolean(self, name, default):
+        value = self.value(name, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"lb_config.{name}: must be true or false")
+        return value

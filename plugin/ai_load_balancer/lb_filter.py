@@ -1,0 +1,279 @@
+"""The HTTP filter: gathers a request's inputs, gets a decision, applies it.
+
+Per stream: strip a client-sent override header; for prefix_cache wait for the
+whole body (paused), extract the prompt and hash it; pick a replica (embedded
+state now, or one Redis round trip while the request stays paused); pin it.
+At the end of the stream, however it ends, the in-flight count is released.
+Whatever fails, the request goes on to the service's own load balancing.
+"""
+
+import hashlib
+import os
+
+from proxywasm import CONTINUE, PAUSE, HttpContext, RootContext, hostcalls, resp
+
+from . import config as lb_config
+from . import endpoint_override, endpoints, llm_request, picking, prefix_hash, redis_state
+from .embedded_inflight import Contention, EmbeddedInflight
+from .embedded_prefix_index import EmbeddedPrefixIndex
+from .log_limiter import LogLimiter
+
+DECISION_HEADER = "x-ailb-decision"
+
+
+class LoadBalancerRoot(RootContext):
+    config = None
+
+    def on_configure(self, configuration):
+        try:
+            self.config, warnings = lb_config.parse(configuration)
+        except lb_config.ConfigError as exc:
+            hostcalls.log(hostcalls.ERROR, f"ai-load-balancer: invalid configuration: {exc}")
+            return False
+        for warning in warnings:
+            hostcalls.log(hostcalls.WARN, f"ai-load-balancer: configuration: {warning}")
+        cfg = self.config
+        self.limiter = LogLimiter()
+        self.vm_id = os.urandom(6).hex()
+        self.waiting = {}  # context id -> stream paused on a Redis reply
+        self.redis_clusters = set()  # clusters this VM counted requests in (lease renewal)
+        config_id = hashlib.blake2b(configuration, digest_size=6).hexdigest()
+        self.inflight = EmbeddedInflight(f"ailb:inflight:{config_id}", self.vm_id, cfg.lease_s * 1000)
+        self.prefix_index = EmbeddedPrefixIndex(config_id, cfg.index_capacity, cfg.key_ttl_s)
+        self.redis = None
+        if cfg.policy != "header":
+            self.inflight.create()
+            self._init_redis()
+            hostcalls.set_tick_period_ms(self._tick_ms())
+        hostcalls.log(hostcalls.INFO, f"ai-load-balancer: configured, lb_policy={cfg.policy}, "
+                                      f"state={'redis' if self.redis else 'embedded'}")
+        return True
+
+    def _init_redis(self):
+        redis = self.config.redis
+        if redis is None:
+            return
+        if not hostcalls.has_capability("proxy_redis_init"):
+            hostcalls.log(hostcalls.WARN, "ai-load-balancer: Redis needs the higress build "
+                                          "(proxy_redis_call); keeping state embedded")
+            return
+        cluster = redis.cluster + (f"?db={redis.database}" if redis.database else "")
+        hostcalls.redis_init(cluster, redis.username, redis.password, redis.timeout_ms)
+        self.redis = cluster
+
+    def _tick_ms(self):
+        lease_ms = self.config.lease_s * 1000
+        if self.redis:
+            return max(20, min(self.config.redis.timeout_ms // 4, lease_ms // 3))
+        return lease_ms // 3
+
+    def on_tick(self):
+        now_ms = hostcalls.now_ns() // 1_000_000
+        for stream in list(self.waiting.values()):
+            if now_ms - stream.waiting_since_ms >= self.config.redis.timeout_ms:
+                stream.redis_timed_out()
+        self.inflight.renew(now_ms)
+        for cluster in self.redis_clusters:
+            hostcalls.redis_call(self.redis, redis_state.renew_command(
+                cluster, self.vm_id, self.config.lease_s * 1000))
+
+    def new_http_context(self, context_id):
+        return LoadBalancerStream(context_id, self)
+
+
+class LoadBalancerStream(HttpContext):
+    def __init__(self, context_id, root):
+        super().__init__(context_id, root)
+        self.cfg = root.config
+        self.cluster = None
+        self.candidates, self.hashes, self.rotation = (), (), 0
+        self.awaiting_body = False    # prefix_cache: paused until the whole body is here
+        self.awaiting_redis = False   # paused until Redis answers (or times out)
+        self.waiting_since_ms = None
+        self.pick = None
+        self.state = None             # "embedded" | "redis": where the decision was made
+        self.counted_in = None        # where this request is counted until it ends
+
+    # --- phases -------------------------------------------------------------------
+
+    def on_request_headers(self, num_headers, end_of_stream):
+        endpoint_override.strip_client_override()
+        if self.cfg.policy == "header":
+            wanted = hostcalls.get_header(hostcalls.REQUEST_HEADERS, self.cfg.header)
+            if wanted:
+                endpoint_override.pin([wanted.strip()])
+            return CONTINUE
+        self.cluster = endpoints.cluster_name()
+        if self.cfg.policy == "prefix_cache" and not end_of_stream:
+            self.awaiting_body = True
+            return PAUSE  # the prompt is in the body
+        return self._decide(None)
+
+    def on_request_body(self, body_size, end_of_stream):
+        if not self.awaiting_body:
+            return super().on_request_body(body_size, end_of_stream)
+        if body_size > self.cfg.max_body_bytes:
+            self.awaiting_body = False
+            self.root.limiter.log(hostcalls.WARN, "large body", f"body of {body_size} bytes is "
+                                  f"over maxBodyBytes; routing it without its prompt")
+            return self._decide(None)
+        if not end_of_stream:
+            return PAUSE  # buffer until the whole body is here
+        self.awaiting_body = False
+        body = hostcalls.get_buffer(hostcalls.REQUEST_BODY, 0, body_size)
+        try:
+            request = llm_request.parse(body)
+        except llm_request.NotAnLLMRequest as exc:
+            self.root.limiter.log(hostcalls.DEBUG, "not llm", f"no prompt to match: {exc}")
+            request = None
+        return self._decide(request)
+
+    def on_response_headers(self, num_headers, end_of_stream):
+        if self.cfg.debug_header and self.pick:
+            p = self.pick
+            hostcalls.replace_header(
+                hostcalls.RESPONSE_HEADERS, DECISION_HEADER,
+                f"{p.address}; reason={p.reason}; matched_blocks={p.matched_blocks}; "
+                f"inflight={p.inflight}; state={self.state}")
+        return CONTINUE
+
+    def on_log(self):
+        """The stream ended, however it ended: uncount it."""
+        self.awaiting_redis = False
+        self.root.waiting.pop(self.context_id, None)
+        if self.counted_in == "embedded":
+            self.root.inflight.release(self.pick.address, hostcalls.now_ns() // 1_000_000)
+        elif self.counted_in == "redis":
+            self._release_in_redis(self.pick.address)
+        self.counted_in = None
+
+    # --- deciding -----------------------------------------------------------------
+
+    def _decide(self, request):
+        candidates = endpoints.candidates(self.cfg)
+        if not candidates:
+            self.root.limiter.log(hostcalls.WARN, "no endpoints", "no usable endpoint known; "
+                                  "the service's load balancing decides")
+            return CONTINUE
+        if request is not None and self.cfg.policy == "prefix_cache":
+            self.hashes = prefix_hash.block_hashes(request.cache_namespace, request.prompt,
+                                                   self.cfg.block_size, self.cfg.max_blocks)
+        self.candidates = candidates
+        self.rotation = int.from_bytes(os.urandom(2), "little")
+        if self.root.redis:
+            return self._ask_redis()
+        return self._decide_embedded()
+
+    def _decide_embedded(self):
+        now_ns = hostcalls.now_ns()
+        owners = self.root.prefix_index.owners(self.hashes, now_ns // 1_000_000_000)
+        matched = picking.owners_to_matches(owners)
+        cfg = self.cfg
+
+        def choose(inflight):
+            eligible = picking.under_limit(self.candidates, inflight, cfg.max_request_count)
+            if not eligible:
+                raise redis_state.LimitReached()
+            if cfg.policy == "prefix_cache":
+                return picking.prefix_match(eligible, inflight, matched, cfg.max_load_gap,
+                                            self.rotation)
+            return picking.least_request(eligible, inflight, self.rotation)
+
+        self.state = "embedded"
+        try:
+            pick = self.root.inflight.take(choose, now_ns // 1_000_000)
+        except redis_state.LimitReached:
+            return self._reject()
+        except Contention as exc:
+            self.root.limiter.log(hostcalls.WARN, "contention", str(exc))
+            return CONTINUE
+        self.counted_in = "embedded"
+        if self.hashes:
+            self.root.prefix_index.record(self.hashes, pick.address, now_ns // 1_000_000_000,
+                                          owners)
+        return self._apply(pick)
+
+    def _ask_redis(self):
+        gap = self.cfg.max_load_gap if self.cfg.policy == "prefix_cache" else -1
+        command = redis_state.pick_command(
+            self.cluster, self.root.vm_id, self.cfg.lease_s * 1000, self.rotation,
+            self.candidates, self.hashes, gap, self.cfg.max_request_count, self.cfg.key_ttl_s)
+        try:
+            # Owned by the root: its answer arrives even if this stream is gone,
+            # so a count Redis made for it can always be released.
+            self.root.redis_call(self.root.redis, command, self._on_redis_pick)
+        except Exception as exc:  # the host refused the call: Redis is not usable now
+            self._redis_failed(f"redis call failed: {exc}")
+            return self._decide_embedded()
+        self.awaiting_redis = True
+        self.waiting_since_ms = hostcalls.now_ns() // 1_000_000
+        self.root.waiting[self.context_id] = self
+        return PAUSE
+
+    def _on_redis_pick(self, status, reply):
+        try:
+            pick = redis_state.parse_pick(reply) if status == 0 else None
+            failure = None if status == 0 else f"redis call status {status}"
+        except redis_state.LimitReached:
+            pick, failure = "limit", None
+        except (ValueError, resp.RedisError) as exc:
+            pick, failure = None, f"unexpected reply: {exc}"
+        if not self.awaiting_redis:
+            # The stream ended or went on after a timeout: uncount the late pick.
+            if isinstance(pick, picking.Pick):
+                self._release_in_redis(pick.address)
+            return
+        self.awaiting_redis = False
+        self.root.waiting.pop(self.context_id, None)
+        hostcalls.set_effective_context(self.context_id)
+        if pick == "limit":
+            self.state = "redis"
+            self._reject()
+            return
+        if pick is None:
+            self._redis_failed(failure)
+            action = self._decide_embedded()
+        else:
+            self.state, self.counted_in = "redis", "redis"
+            self.root.redis_clusters.add(self.cluster)
+            action = self._apply(pick)
+        if action == CONTINUE:
+            self.resume_request()
+
+    def redis_timed_out(self):
+        """From the root's tick: Redis did not answer within `timeout`."""
+        self.awaiting_redis = False
+        self.root.waiting.pop(self.context_id, None)
+        hostcalls.set_effective_context(self.context_id)
+        self._redis_failed(f"no reply within {self.cfg.redis.timeout_ms} ms")
+        if self._decide_embedded() == CONTINUE:
+            self.resume_request()
+
+    def _redis_failed(self, why):
+        self.root.limiter.log(hostcalls.WARN, "redis", f"Redis unusable ({why}); "
+                              f"deciding on the gateway's own state")
+
+    def _release_in_redis(self, address):
+        try:
+            hostcalls.redis_call(self.root.redis, redis_state.release_command(
+                self.cluster, self.root.vm_id, address, self.cfg.lease_s * 1000))
+        except Exception as exc:
+            self._redis_failed(f"release failed: {exc}")
+
+    # --- applying -----------------------------------------------------------------
+
+    def _apply(self, pick):
+        self.pick = pick
+        endpoint_override.pin([pick.address])
+        if self.cfg.detail_log:
+            hostcalls.log(hostcalls.INFO, f"ai-load-balancer: {self.cluster} -> {pick.address} "
+                                          f"({pick.reason}, {pick.matched_blocks} blocks matched, "
+                                          f"{pick.inflight} in flight, {self.state})")
+        return CONTINUE
+
+    def _reject(self):
+        self.send_local_response(
+            429, b'{"error":{"message":"every replica has maxRequestCount requests in flight",'
+                 b'"type":"rate_limit_exceeded","code":429}}',
+            [("content-type", "application/json")], "ai_load_balancer_max_request_count")
+        return PAUSE

@@ -1,0 +1,137 @@
+"""Shared state in Redis, sans-IO: commands out, replies in; the filter does the I/O.
+
+Keys, all under one hash tag so a Redis Cluster keeps them in one slot:
+  ailb:{<cluster>}:gws          ZSET  gateway VM id -> lease expiry (ms, Redis clock)
+  ailb:{<cluster>}:n:<gateway>  HASH  replica address -> requests this gateway has in flight
+  ailb:{<cluster>}:pc:<hash>    STRING replica that last served this prompt-prefix block
+
+The pick script applies picking.py's rules to the sum over live gateways and
+counts the pick in the same step, so a count can never be read stale by another
+gateway. A gateway that dies stops renewing its lease: its counts stop counting
+and its hash expires. Counts never go below zero.
+"""
+
+from proxywasm import resp
+
+from .picking import Pick
+
+# ARGV: gateway, lease_ms, rotation, max_load_gap (-1: least request only),
+#       limit (0: none), ttl_s, candidate count, candidates..., block hashes...
+PICK_SCRIPT = """
+local p = KEYS[1]
+local gw, lease = ARGV[1], tonumber(ARGV[2])
+local rotation, gap, limit, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local total = tonumber(ARGV[7])
+local h0, nh = 7 + total, #ARGV - 7 - total
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local inflight = {}
+for i = 1, total do inflight[ARGV[7 + i]] = 0 end
+redis.call('ZREMRANGEBYSCORE', p .. ':gws', '-inf', now)
+redis.call('ZADD', p .. ':gws', now + lease, gw)
+for _, g in ipairs(redis.call('ZRANGE', p .. ':gws', 0, -1)) do
+  local kv = redis.call('HGETALL', p .. ':n:' .. g)
+  for j = 1, #kv, 2 do
+    local c = tonumber(kv[j + 1])
+    if inflight[kv[j]] ~= nil and c > 0 then inflight[kv[j]] = inflight[kv[j]] + c end
+  end
+end
+local cands = {}
+for i = 1, total do
+  local a = ARGV[7 + i]
+  if limit <= 0 or inflight[a] < limit then cands[#cands + 1] = a end
+end
+if #cands == 0 then return {'', 0, 0, 'limit'} end
+local matched = {}
+if nh > 0 then
+  local keys = {}
+  for i = 1, nh do keys[i] = p .. ':pc:' .. ARGV[h0 + i] end
+  local owners = redis.call('MGET', unpack(keys))
+  for i = 1, nh do
+    if not owners[i] then break end
+    matched[owners[i]] = i
+  end
+end
+local n = #cands
+local fewest = nil
+for i = 1, n do
+  if fewest == nil or inflight[cands[i]] < fewest then fewest = inflight[cands[i]] end
+end
+local best, bestm, bestc, anym = nil, 0, 0, false
+for k = 0, n - 1 do
+  local a = cands[(rotation + k) % n + 1]
+  local m, c = matched[a] or 0, inflight[a]
+  if m > 0 then anym = true end
+  if gap >= 0 and m > 0 and c <= fewest + gap then
+    if best == nil or m > bestm or (m == bestm and c < bestc) then best, bestm, bestc = a, m, c end
+  end
+end
+local reason = 'prefix_match'
+if best == nil then
+  for k = 0, n - 1 do
+    local a = cands[(rotation + k) % n + 1]
+    if best == nil or inflight[a] < bestc then best, bestc = a, inflight[a] end
+  end
+  bestm = (gap >= 0) and (matched[best] or 0) or 0
+  reason = (gap >= 0 and anym) and 'bounded_load' or 'least_request'
+end
+redis.call('HINCRBY', p .. ':n:' .. gw, best, 1)
+redis.call('PEXPIRE', p .. ':n:' .. gw, lease)
+for i = 1, nh do redis.call('SET', p .. ':pc:' .. ARGV[h0 + i], best, 'EX', ttl) end
+return {best, bestc, bestm, reason}
+"""
+
+# ARGV: gateway, address, lease_ms
+RELEASE_SCRIPT = """
+local k = KEYS[1] .. ':n:' .. ARGV[1]
+if redis.call('HINCRBY', k, ARGV[2], -1) <= 0 then redis.call('HDEL', k, ARGV[2]) end
+redis.call('PEXPIRE', k, tonumber(ARGV[3]))
+return 1
+"""
+
+# ARGV: gateway, lease_ms
+RENEW_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local k = KEYS[1] .. ':n:' .. ARGV[1]
+if redis.call('EXISTS', k) == 1 then
+  redis.call('ZADD', KEYS[1] .. ':gws', now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('PEXPIRE', k, tonumber(ARGV[2]))
+end
+return 1
+"""
+
+
+class LimitReached(Exception):
+    """Every replica already has maxRequestCount requests in flight."""
+
+
+def key_prefix(cluster):
+    return f"ailb:{{{cluster}}}"
+
+
+def pick_command(cluster, gateway, lease_ms, rotation, candidates, hashes=(),
+                 max_load_gap=-1, limit=0, ttl_s=1800):
+    """EVAL that picks among `candidates` and counts the pick. With hashes and a
+    max_load_gap >= 0 it is prefix_cache's pick, otherwise least request."""
+    return resp.command("EVAL", PICK_SCRIPT, 1, key_prefix(cluster), gateway, lease_ms,
+                        rotation, max_load_gap, limit, ttl_s, len(candidates),
+                        *candidates, *hashes)
+
+
+def parse_pick(reply_bytes):
+    """The Pick from the pick script's reply. Raises LimitReached, RedisError,
+    or ValueError for a reply that is not the script's."""
+    address, inflight, matched, reason = resp.reply(reply_bytes)
+    pick = Pick(address.decode(), int(inflight), int(matched), reason.decode())
+    if pick.reason == "limit":
+        raise LimitReached()
+    return pick
+
+
+def release_command(cluster, gateway, address, lease_ms):
+    return resp.command("EVAL", RELEASE_SCRIPT, 1, key_prefix(cluster), gateway, address, lease_ms)
+
+
+def renew_command(cluster, gateway, lease_ms):
+    return resp.command("EVAL", RENEW_SCRIPT, 1, key_prefix(cluster), gateway, lease_ms)

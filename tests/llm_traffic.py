@@ -1,0 +1,106 @@
+"""Drives LLM requests through a test host (helpers for the policy tests)."""
+
+import json
+
+from proxywasm import resp
+
+CLUSTER = "outbound|8000||vllm.default.svc.cluster.local"
+REDIS_CLUSTER = "outbound|6379||redis.static"
+REPLICAS = ["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000", "10.0.0.4:8000"]
+OVERRIDE = "x-gateway-destination-endpoint"
+
+
+def plugin_config(policy, target="envoy", redis=None, **fields):
+    """JSON configuration; replicas in lb_config.endpoints for stock Envoy."""
+    lb_config = {"debugHeader": True, **fields}
+    if target == "envoy":
+        lb_config.setdefault("endpoints", REPLICAS)
+    if redis is not None:
+        lb_config.update(serviceFQDN="redis.static", servicePort=6379, timeout=redis)
+    return json.dumps({"lb_policy": policy, "lb_config": lb_config}).encode()
+
+
+def start(make_host, policy, target="envoy", redis_server=None, redis_address=None,
+          shared=None, replicas=REPLICAS, timeout=3000, **fields):
+    """A started host for `policy`. With redis_server (or a bare address) the
+    higress build keeps its state in that Redis."""
+    address = redis_address or (redis_server.address if redis_server else None)
+    clusters = {REDIS_CLUSTER: address} if address else None
+    host = make_host(target=target, clusters=clusters, shared=shared)
+    host.set_property(["xds", "cluster_name"], CLUSTER.encode())
+    if target == "higress":
+        host.set_upstream_hosts([(r, {"health_status": "Healthy"}) for r in replicas])
+    config = plugin_config(policy, target, redis=timeout if address else None, **fields)
+    assert host.start_plugin(config), host.logs_text()
+    return host
+
+
+def chat_body(*turns, model="qwen", **extra):
+    roles = ["user", "assistant"]
+    messages = [{"role": "system", "content": turns[0]}] + [
+        {"role": roles[i % 2], "content": t} for i, t in enumerate(turns[1:])]
+    return json.dumps({"model": model, "messages": messages, **extra}).encode()
+
+
+def send(host, body=None):
+    """Starts one request (headers, then body if any); returns (context id, action)."""
+    cid = host.init_http_context()
+    headers = [(":method", "POST" if body else "GET"), (":path", "/v1/chat/completions"),
+               (":authority", "vllm"), ("content-type", "application/json")]
+    action = host.call_on_request_headers(cid, headers, end_of_stream=body is None)
+    if body is not None:
+        action = host.call_on_request_body(cid, body, end_of_stream=True)
+    return cid, action
+
+
+def pinned(host, cid):
+    """Where the plugin pinned the request: the override header (Envoy) or host (Higress)."""
+    if host.target == "higress":
+        return host.get_override_host(cid)
+    return host.get_request_header(cid, OVERRIDE)
+
+
+def decision(host, cid):
+    """The x-ailb-decision response header, parsed: {"address":..., "reason":...}."""
+    host.call_on_response_headers(cid, [(":status", "200")], end_of_stream=False)
+    value = host.get_response_header(cid, "x-ailb-decision")
+    if value is None:
+        return None
+    address, *fields = [part.strip() for part in value.split(";")]
+    return {"address": address, **dict(f.split("=", 1) for f in fields)}
+
+
+def finish(host, cid, respond=True):
+    """Ends a stream: with a response, or as a client abort (no response at all)."""
+    if respond:
+        host.call_on_response_headers(cid, [(":status", "200")], end_of_stream=True)
+    host.complete_http_context(cid)
+
+
+def embedded_inflight(host):
+    """{replica: in flight} summed over the VMs, from the gateway's shared data."""
+    counts = {}
+    for key, value in host.shared.data().items():
+        key = key.decode() if isinstance(key, bytes) else key
+        if key.startswith("ailb:inflight:"):
+            for _, per_vm in json.loads(value).values():
+                for address, n in per_vm.items():
+                    counts[address] = counts.get(address, 0) + n
+    return counts
+
+
+def redis_inflight(redis_server, cluster=CLUSTER):
+    """{replica: in flight} summed over the gateways' hashes in Redis."""
+    counts = {}
+    prefix = f"ailb:{{{cluster}}}:n:"
+    keys = resp.reply(redis_server.command("KEYS", prefix + "*"))
+    for key in keys:
+        pairs = resp.reply(redis_server.command("HGETALL", key))
+        for address, n in zip(pairs[::2], pairs[1::2]):
+            counts[address.decode()] = counts.get(address.decode(), 0) + int(n)
+    return counts
+
+
+def clear_redis(redis_server, cluster=CLUSTER):
+    redis_server.command("EVAL", "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do "
+                         "redis.call('DEL', k) end return 1", "0", f"ailb:{{{cluster}}}*")

@@ -1,0 +1,230 @@
+"""Pure parts of the load balancer: config, request extraction, prefix hashing,
+pick rules, and the Redis script held to the same answers as the Python rules."""
+
+import json
+import random
+
+import pytest
+
+from ai_load_balancer import config, llm_request, picking, prefix_hash, redis_state
+from proxywasm import resp
+
+
+# --- configuration ---------------------------------------------------------------
+
+def test_higress_example_config_is_accepted():
+    cfg, warnings = config.parse(json.dumps({
+        "lb_policy": "prefix_cache", "lb_type": "endpoint",
+        "lb_config": {"serviceFQDN": "redis.static", "servicePort": 6379, "username": "default",
+                      "password": "123456", "timeout": 3000, "database": 0, "redisKeyTTL": 1800,
+                      "maxRequestCount": 64, "cleanInterval": 60000, "enableDetailLog": True}}))
+    assert warnings == []
+    assert cfg.policy == "prefix_cache"
+    assert cfg.redis == config.RedisConfig("outbound|6379||redis.static", "default", "123456",
+                                           3000, 0)
+    assert (cfg.key_ttl_s, cfg.max_request_count, cfg.detail_log) == (1800, 64, True)
+
+
+def test_config_without_redis_is_embedded():
+    cfg, _ = config.parse(b'{"lb_policy": "global_least_request", '
+                          b'"lb_config": {"endpoints": ["10.0.0.2:80", "10.0.0.1:80"]}}')
+    assert cfg.redis is None
+    assert cfg.endpoints == ("10.0.0.1:80", "10.0.0.2:80")
+
+
+@pytest.mark.parametrize("doc, field", [
+    ({"lb_policy": "nope"}, "lb_policy"),
+    ({"lb_policy": "prefix_cache", "lb_type": "cluster"}, "lb_type"),
+    ({"lb_policy": "prefix_cache", "lb_config": {"serviceFQDN": "r"}}, "lb_config.servicePort"),
+    ({"lb_policy": "prefix_cache", "lb_config": {"servicePort": "6379", "serviceFQDN": "r"}},
+     "lb_config.servicePort"),
+    ({"lb_policy": "prefix_cache", "lb_config": {"timeout": -1}}, None),
+    ({"lb_policy": "prefix_cache", "lb_config": {"redisKeyTTL": 0}}, "lb_config.redisKeyTTL"),
+    ({"lb_policy": "prefix_cache", "lb_config": {"endpoints": ["10.0.0.1"]}},
+     "lb_config.endpoints"),
+    ({"lb_policy": "prefix_cache", "lb_config": {"debugHeader": "yes"}}, "lb_config.debugHeader"),
+    ({"lb_policy": "prefix_cache", "lb_config": []}, "lb_config"),
+])
+def test_invalid_config_names_the_field(doc, field):
+    if field is None:  # timeout is only read with serviceFQDN: no error without it
+        config.parse(json.dumps(doc))
+        return
+    with pytest.raises(config.ConfigError, match=f"^{field}"):
+        config.parse(json.dumps(doc))
+
+
+def test_unknown_field_is_a_warning_not_an_error():
+    _, warnings = config.parse(b'{"lb_policy": "prefix_cache", "lb_config": {"redisKeyTtl": 5}}')
+    assert warnings == ["lb_config.redisKeyTtl: unknown field, ignored"]
+
+
+# --- request extraction ------------------------------------------------------------
+
+def chat(*turns, model="m", **extra):
+    roles = ["system", "user", "assistant"]
+    return json.dumps({"model": model, "messages": [
+        {"role": roles[min(i, 1) if i < 2 else 1 + i % 2], "content": t}
+        for i, t in enumerate(turns)], **extra}).encode()
+
+
+def test_next_turn_extends_the_previous_prompt():
+    first = llm_request.parse(chat("sys", "question"))
+    second = llm_request.parse(chat("sys", "question", "answer", "follow-up"))
+    assert second.prompt.startswith(first.prompt)
+
+
+def test_content_parts_and_string_content_agree():
+    parts = json.dumps({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "hello "}, {"type": "text", "text": "world"}]}]}).encode()
+    plain = json.dumps({"model": "m", "messages": [
+        {"role": "user", "content": "hello world"}]}).encode()
+    assert llm_request.parse(parts).prompt == llm_request.parse(plain).prompt
+
+
+def test_images_are_part_of_the_prompt():
+    def with_image(url):
+        return json.dumps({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "what?"}]}]})
+    assert (llm_request.parse(with_image("a.png")).prompt
+            != llm_request.parse(with_image("b.png")).prompt)
+
+
+@pytest.mark.parametrize("prompt, expected", [
+    ("once upon", b"once upon"), (["first", "second"], b"first"), ([1, 2, 3], b"1 2 3"),
+    ([[4, 5], [6]], b"4 5")])
+def test_completion_prompts(prompt, expected):
+    assert llm_request.parse(json.dumps({"model": "m", "prompt": prompt})).prompt == expected
+
+
+def test_model_and_salt_namespace_the_cache():
+    a = llm_request.parse(chat("x", model="a"))
+    b = llm_request.parse(chat("x", model="b"))
+    salted = llm_request.parse(chat("x", model="a", cache_salt="tenant-1"))
+    assert len({a.cache_namespace, b.cache_namespace, salted.cache_namespace}) == 3
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b'{"model": "m"}', b"[" * 100000,
+                                  b'{"messages": 5}'])
+def test_non_llm_bodies_are_refused_with_a_reason(body):
+    with pytest.raises(llm_request.NotAnLLMRequest):
+        llm_request.parse(body)
+
+
+# --- prefix hashing ------------------------------------------------------------------
+
+def test_hashes_are_chained_and_order_sensitive():
+    a, b = b"A" * 64, b"B" * 64
+    ab = prefix_hash.block_hashes(b"m", a + b)
+    ba = prefix_hash.block_hashes(b"m", b + a)
+    assert len(ab) == 2 and ab[0] != ba[0] and ab[1] != ba[1]
+    assert prefix_hash.block_hashes(b"m", a + b + b"C" * 64)[:2] == ab
+
+
+def test_shared_document_matches_until_the_question():
+    document = ("Annual report, page %d. " * 400 % tuple(range(400))).encode()
+    one = prefix_hash.block_hashes(b"m", document + b"What was the revenue?")
+    two = prefix_hash.block_hashes(b"m", document + b"Who is the CEO?")
+    shared = len(document) // 64
+    assert one[:shared] == two[:shared][:len(one[:shared])]
+    assert len(one) == len(two) == min(256, (len(document) + 21) // 64)
+
+
+def test_partial_block_namespace_and_cap():
+    assert prefix_hash.block_hashes(b"m", b"x" * 63) == []
+    assert prefix_hash.block_hashes(b"m", b"x" * 64) != prefix_hash.block_hashes(b"n", b"x" * 64)
+    assert len(prefix_hash.block_hashes(b"m", b"x" * 64 * 1000, max_blocks=256)) == 256
+
+
+# --- pick rules -----------------------------------------------------------------------
+
+A, B, C = "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"
+
+
+def test_least_request_takes_the_idlest_and_rotates_ties():
+    assert picking.least_request([A, B, C], {A: 3, B: 1, C: 2}, 0).address == B
+    assert {picking.least_request([A, B, C], {}, r).address for r in range(3)} == {A, B, C}
+
+
+def test_prefix_match_prefers_the_longest_holder_within_the_gap():
+    matched = {A: 10, B: 3}
+    assert picking.prefix_match([A, B, C], {A: 2, B: 0, C: 0}, matched, 4, 0).address == A
+    assert picking.prefix_match([A, B, C], {A: 2, B: 0, C: 0}, matched, 4, 0).reason == "prefix_match"
+
+
+def test_bounded_load_moves_a_hot_prefix_off_a_busy_replica():
+    pick = picking.prefix_match([A, B, C], {A: 9, B: 5, C: 0}, {A: 10, B: 3}, 4, 0)
+    assert pick.address == C and pick.reason == "bounded_load"
+    pick = picking.prefix_match([A, B, C], {A: 9, B: 4, C: 0}, {A: 10, B: 3}, 4, 0)
+    assert pick.address == B and pick.reason == "prefix_match"
+
+
+def test_owners_to_matches_stops_at_the_first_gap():
+    assert picking.owners_to_matches([A, A, B, A]) == {A: 4, B: 3}
+    assert picking.owners_to_matches([A, None, B]) == {A: 1}
+
+
+def test_under_limit():
+    assert picking.under_limit([A, B], {A: 2, B: 1}, 2) == [B]
+    assert picking.under_limit([A, B], {A: 2, B: 1}, 0) == [A, B]
+
+
+# --- the Redis script applies the same rules --------------------------------------------
+
+def python_pick(candidates, inflight, owners, gap, limit, rotation):
+    eligible = picking.under_limit(candidates, inflight, limit)
+    if not eligible:
+        return "limit"
+    if gap < 0:
+        return picking.least_request(eligible, inflight, rotation)
+    return picking.prefix_match(eligible, inflight, picking.owners_to_matches(owners), gap,
+                                rotation)
+
+
+def test_redis_script_and_python_pick_alike(redis_server):
+    rng = random.Random(7)
+    cluster = "outbound|80||equivalence"
+    prefix = redis_state.key_prefix(cluster)
+    for case in range(150):
+        redis_server.command("EVAL", "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do "
+                             "redis.call('DEL', k) end", "0", prefix + "*")
+        candidates = sorted(f"10.0.{case % 7}.{i}:8000" for i in range(rng.randint(1, 6)))
+        inflight = {}
+        for gw in ("gw-a", "gw-b"):  # counts from two other gateways add up
+            for address in candidates:
+                count = rng.randint(0, 4)
+                inflight[address] = inflight.get(address, 0) + count
+                redis_server.command("HSET", f"{prefix}:n:{gw}", address, count)
+            redis_server.command("ZADD", f"{prefix}:gws", 9e15, gw)
+        hashes = [f"{case:04x}{i:012x}" for i in range(rng.randint(0, 8))]
+        owners = []
+        for h in hashes[:rng.randint(0, len(hashes))]:
+            owner = rng.choice(candidates + ["10.9.9.9:1"])
+            owners.append(owner)
+            redis_server.command("SET", f"{prefix}:pc:{h}", owner)
+        gap, limit, rotation = rng.choice([-1, 0, 2]), rng.choice([0, 0, 3]), rng.randint(0, 99)
+        expected = python_pick(candidates, inflight, owners, gap, limit, rotation)
+        reply = redis_server.command(*resp_args(redis_state.pick_command(
+            cluster, "me", 60000, rotation, candidates, hashes, gap, limit, 600)))
+        if expected == "limit":
+            with pytest.raises(redis_state.LimitReached):
+                redis_state.parse_pick(reply)
+            continue
+        assert redis_state.parse_pick(reply) == expected, (case, candidates, inflight, owners)
+        # ...and the pick is counted for this gateway, the prompt recorded for it.
+        assert redis_server.command("HGET", f"{prefix}:n:me", expected.address) == b"$1\r\n1\r\n"
+        for h in hashes:
+            assert resp.reply(redis_server.command("GET", f"{prefix}:pc:{h}")) == \
+                expected.address.encode()
+
+
+def resp_args(command):
+    """A RESP command's arguments, to send them again through the test client."""
+    return resp.parse(command)[0]
+
+
+def test_release_never_goes_below_zero(redis_server):
+    cluster = "outbound|80||release"
+    prefix = redis_state.key_prefix(cluster)
+    redis_server.command("DEL", f"{prefix}:n:me")
+    redis_server.command(*resp_args(redis_state.release_command(cluster, "me", A, 60000)))
+    assert redis_server.command("HGET", f"{prefix}:n:me", A) == b"$-1\r\n"
