@@ -45,8 +45,8 @@ class LoadBalancerRoot(RootContext):
             self.inflight.create()
             self._init_redis()
             hostcalls.set_tick_period_ms(self._tick_ms())
-        hostcalls.log(hostcalls.INFO, f"ai-load-balancer: configured, lb_policy={cfg.policy}, "
-                                      f"state={'redis' if self.redis else 'embedded'}")
+        state = "" if cfg.policy == "header" else f", state={'redis' if self.redis else 'embedded'}"
+        hostcalls.log(hostcalls.INFO, f"ai-load-balancer: configured, lb_policy={cfg.policy}{state}")
         return True
 
     def _init_redis(self):

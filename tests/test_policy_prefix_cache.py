@@ -1,0 +1,145 @@
+"""prefix_cache: a prompt goes where its prefix is cached, without hot-spotting."""
+
+import json
+
+import pytest
+
+from proxywasm import resp
+from proxywasm.context import CONTINUE, PAUSE
+from tests.llm_traffic import (REPLICAS, chat_body, clear_redis, decision, finish, pinned,
+                               redis_inflight, send, start)
+
+SYSTEM = "You are a careful assistant. Answer in English. " * 8   # ~390 bytes, 6 blocks
+DOCUMENT = "".join(f"Clause {i}: the tenant pays rent on day {i % 28 + 1}. " for i in range(120))
+
+
+def route(host, body):
+    """Sends one whole request and ends it; returns its decision."""
+    cid, action = send(host, body)
+    if action == PAUSE:  # Redis: the pick is one round trip away
+        host.run_callouts()
+        assert host.is_request_resumed(cid)
+    d = decision(host, cid)
+    assert d["address"] == pinned(host, cid)
+    finish(host, cid)
+    return d
+
+
+def conversation(turns):
+    """The request bodies of one growing conversation."""
+    history, bodies = [SYSTEM], []
+    for turn in range(turns):
+        history.append(f"Question {turn}: tell me about topic {turn * 7919}.")
+        bodies.append(chat_body(*history))
+        history.append(f"Answer {turn}: " + "details " * 40)
+    return bodies
+
+
+def test_multi_turn_conversation_sticks_to_one_replica(make_host):
+    host = start(make_host, "prefix_cache")
+    others = [chat_body(f"Other system prompt {i}. " * 20, "hi") for i in range(12)]
+    replicas = []
+    for turn, body in enumerate(conversation(6)):
+        replicas.append(route(host, body))
+        route(host, others[2 * turn]), route(host, others[2 * turn + 1])
+    assert len({d["address"] for d in replicas}) == 1
+    assert all(d["reason"] == "prefix_match" for d in replicas[1:])
+    assert [int(d["matched_blocks"]) for d in replicas] == sorted(
+        int(d["matched_blocks"]) for d in replicas)
+
+
+def test_turn_order_matters(make_host):
+    host = start(make_host, "prefix_cache")
+    a, b = "Alpha turn. " * 30, "Bravo turn. " * 30
+    route(host, chat_body(a, b))
+    swapped = route(host, chat_body(b, a))
+    assert swapped["reason"] == "least_request" and swapped["matched_blocks"] == "0"
+
+
+def test_shared_document_with_different_questions_matches(make_host):
+    host = start(make_host, "prefix_cache")
+    first = route(host, chat_body(DOCUMENT, "Which day is rent due in clause 3?"))
+    second = route(host, chat_body(DOCUMENT, "Who pays the rent?"))
+    assert second["address"] == first["address"] and second["reason"] == "prefix_match"
+    assert int(second["matched_blocks"]) >= len(DOCUMENT) // 64 - 1
+
+
+def test_hot_prefix_is_spread_by_bounded_load(make_host):
+    host = start(make_host, "prefix_cache", maxLoadGap=2)
+    held = [send(host, chat_body(SYSTEM, f"request {i}")) for i in range(24)]
+    per_replica = {}
+    for cid, action in held:
+        assert action == CONTINUE
+        per_replica[pinned(host, cid)] = per_replica.get(pinned(host, cid), 0) + 1
+    assert sorted(per_replica) == REPLICAS  # all replicas serve the hot prefix
+    assert max(per_replica.values()) - min(per_replica.values()) <= 2 + 1
+
+
+def test_bounded_load_can_be_turned_tight(make_host):
+    host = start(make_host, "prefix_cache", maxLoadGap=0)
+    held = [send(host, chat_body(SYSTEM, f"q{i}"))[0] for i in range(8)]
+    counts = [sum(pinned(host, c) == r for c in held) for r in REPLICAS]
+    assert counts == [2, 2, 2, 2]
+
+
+def test_unparsable_and_oversized_bodies_still_get_routed(make_host):
+    host = start(make_host, "prefix_cache", maxBodyBytes=2048)
+    assert route(host, b"definitely not json")["reason"] == "least_request"
+    big = route(host, chat_body("x" * 4096))
+    assert big["reason"] == "least_request"
+    assert any("over maxBodyBytes" in m for m in host.get_logs())
+
+
+def test_request_without_body_is_least_request(make_host):
+    host = start(make_host, "prefix_cache")
+    cid, action = send(host)
+    assert action == CONTINUE and pinned(host, cid) in REPLICAS
+
+
+def test_embedded_index_stays_within_its_capacity(make_host):
+    host = start(make_host, "prefix_cache", indexCapacity=16)
+    for i in range(40):
+        route(host, chat_body(f"Distinct prompt number {i}. " * 12))
+    slots = [k for k in host.shared.data() if (k.decode() if isinstance(k, bytes) else k)
+             .startswith("ailb:pc:")]
+    assert 0 < len(slots) <= 16
+
+
+def test_replica_that_left_is_not_chosen(make_host):
+    host = start(make_host, "prefix_cache", target="higress")
+    first = route(host, chat_body(DOCUMENT, "q1"))
+    host.set_upstream_hosts([(r, {"health_status": "Healthy"}) for r in REPLICAS
+                             if r != first["address"]])
+    again = route(host, chat_body(DOCUMENT, "q2"))
+    assert again["address"] != first["address"] and again["reason"] == "least_request"
+
+
+# --- Redis (higress build): the index is shared by every gateway --------------------------
+
+def test_conversation_sticks_across_gateways_through_redis(make_host, redis_server):
+    clear_redis(redis_server)
+    gateways = [start(make_host, "prefix_cache", target="higress", redis_server=redis_server,
+                      redisKeyTTL=120) for _ in range(3)]
+    decisions = [route(gateways[turn % 3], body) for turn, body in enumerate(conversation(6))]
+    assert len({d["address"] for d in decisions}) == 1
+    assert all(d["state"] == "redis" for d in decisions)
+    assert all(d["reason"] == "prefix_match" for d in decisions[1:])
+    keys = redis_keys(redis_server, "ailb:*:pc:*")
+    ttl = int(redis_server.command("TTL", keys[0]).strip(b":\r\n"))
+    assert 100 < ttl <= 120
+    for host in gateways:
+        host.run_callouts()  # the releases each gateway sent as its streams ended
+    assert redis_inflight(redis_server) == {}
+
+
+def redis_keys(redis_server, pattern):
+    return resp.reply(redis_server.command("KEYS", pattern))
+
+
+@pytest.mark.parametrize("policy", ["prefix_cache", "global_least_request"])
+def test_debug_header_is_off_by_default(make_host, policy):
+    host = make_host()
+    assert host.start_plugin(json.dumps({"lb_policy": policy, "lb_config": {
+        "endpoints": REPLICAS}}).encode())
+    cid, _ = send(host, chat_body("hello"))
+    assert decision(host, cid) is None and pinned(host, cid) in REPLICAS
