@@ -689,6 +689,52 @@ class Client:
         self.close()
 
 
+async def async_request(port, method="GET", path="/", headers=None, body=b"", timeout=15.0,
+                        abort_after=None, host=LOOPBACK):
+    """One request on its own new connection (asyncio), `connection: close`.
+    Returns a Response; with `abort_after` (an asyncio.Event) the socket is closed
+    as soon as the event is set, before any answer, and None is returned."""
+    import asyncio
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    try:
+        head = [f"{method} {path} HTTP/1.1", f"host: {host}", "connection: close"]
+        if body or method in ("POST", "PUT", "PATCH"):
+            head.append(f"content-length: {len(body)}")
+        head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        await writer.drain()
+        if abort_after is not None:
+            await asyncio.wait_for(abort_after.wait(), timeout)
+            return None
+        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        names = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                names[name.strip().lower()] = value.strip()
+        if "content-length" in names:
+            data = await asyncio.wait_for(reader.readexactly(int(names["content-length"])),
+                                          timeout)
+        else:
+            data = await asyncio.wait_for(reader.read(), timeout)  # until close
+        return Response(status, names, data)
+    finally:
+        writer.close()
+
+
+def run_requests(port, requests, timeout=30.0):
+    """Sends every request of `requests` (dicts of async_request's keyword
+    arguments) at once, each on its own connection; returns the Responses in order."""
+    import asyncio
+
+    async def all_of_them():
+        return await asyncio.wait_for(asyncio.gather(
+            *(async_request(port, **r) for r in requests)), timeout)
+    return asyncio.run(all_of_them())
+
+
 # --- plugin builds -------------------------------------------------------------------------
 
 _builds = {}

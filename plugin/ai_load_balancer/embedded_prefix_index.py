@@ -5,6 +5,10 @@ Shared data cannot delete keys, so the index is a direct-mapped table: block
 hash h lives in slot h mod capacity, as "<hash> <address> <expiry_s>". A newer
 block that lands in the same slot replaces the older one, so memory stays
 bounded at `capacity` entries; entries also expire after the TTL.
+
+A lookup costs O(log blocks) reads, not one per block: a prompt's blocks are
+recorded together, so the longest recorded prefix is found by binary search,
+and other replicas' shorter holdings by sampling at half, quarter, ... of it.
 """
 
 from proxywasm import hostcalls
@@ -19,25 +23,43 @@ class EmbeddedPrefixIndex:
     def _slot(self, block_hash):
         return f"ailb:pc:{self.namespace}:{int(block_hash, 16) % self.capacity}"
 
-    def owners(self, hashes, now_s):
-        """The replica that last served each leading block; stops at the first
-        block no live entry holds (later blocks cannot be cached without it)."""
-        owners = []
-        for block_hash in hashes:
-            value, _ = hostcalls.get_shared_data(self._slot(block_hash))
-            if value is None:
-                break
-            stored_hash, address, expiry = value.decode().split(" ")
-            if stored_hash != block_hash or int(expiry) <= now_s:
-                break
-            owners.append(address)
-        return owners
+    def _entry(self, block_hash, now_s):
+        """(address, expiry_s) of a live entry for this exact block, or None."""
+        value, _ = hostcalls.get_shared_data(self._slot(block_hash))
+        if value is None:
+            return None
+        stored_hash, address, expiry = value.decode().split(" ")
+        if stored_hash != block_hash or int(expiry) <= now_s:
+            return None
+        return address, int(expiry)
 
-    def record(self, hashes, address, now_s, known_owners=()):
-        """Notes that `address` now holds every block of `hashes`. Skips blocks
-        `known_owners` (from owners()) already gives to it: those keep their expiry."""
+    def matches(self, hashes, now_s):
+        """({address: leading blocks it holds}, aging) for the replica holding the
+        longest recorded prefix and, sampled, for replicas holding shorter ones.
+        `aging`: that longest entry has less than half its TTL left."""
+        longest, entry = 0, None
+        low, high = 0, len(hashes)
+        while low < high:
+            mid = (low + high + 1) // 2
+            found = self._entry(hashes[mid - 1], now_s)
+            if found is None:
+                high = mid - 1
+            else:
+                low, longest, entry = mid, mid, found
+        if entry is None:
+            return {}, False
+        matched = {entry[0]: longest}
+        position = longest // 2
+        while position >= 1:
+            found = self._entry(hashes[position - 1], now_s)
+            if found is not None and found[0] not in matched:
+                matched[found[0]] = position
+            position //= 2
+        return matched, entry[1] - now_s < self.ttl_s // 2
+
+    def record(self, hashes, address, now_s, start=0):
+        """Notes that `address` now holds every block of `hashes`, writing from
+        block `start` on (the blocks before it are known to be held and fresh)."""
         expiry = now_s + self.ttl_s
-        for i, block_hash in enumerate(hashes):
-            if i < len(known_owners) and known_owners[i] == address:
-                continue
+        for block_hash in hashes[start:]:
             hostcalls.set_shared_data(self._slot(block_hash), f"{block_hash} {address} {expiry}")

@@ -166,8 +166,7 @@ class LoadBalancerStream(HttpContext):
 
     def _decide_embedded(self):
         now_ns = hostcalls.now_ns()
-        owners = self.root.prefix_index.owners(self.hashes, now_ns // 1_000_000_000)
-        matched = picking.owners_to_matches(owners)
+        matched, aging = self.root.prefix_index.matches(self.hashes, now_ns // 1_000_000_000)
         cfg = self.cfg
 
         def choose(inflight):
@@ -189,8 +188,8 @@ class LoadBalancerStream(HttpContext):
             return CONTINUE
         self.counted_in = "embedded"
         if self.hashes:
-            self.root.prefix_index.record(self.hashes, pick.address, now_ns // 1_000_000_000,
-                                          owners)
+            held = 0 if aging else matched.get(pick.address, 0)
+            self.root.prefix_index.record(self.hashes, pick.address, now_ns // 1_000_000_000, held)
         return self._apply(pick)
 
     def _ask_redis(self):
