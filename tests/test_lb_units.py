@@ -158,9 +158,15 @@ def test_bounded_load_moves_a_hot_prefix_off_a_busy_replica():
     assert pick.address == B and pick.reason == "prefix_match"
 
 
-def test_owners_to_matches_stops_at_the_first_gap():
-    assert picking.owners_to_matches([A, A, B, A]) == {A: 4, B: 3}
-    assert picking.owners_to_matches([A, None, B]) == {A: 1}
+def owners_to_matches(owners):
+    """What the Redis script derives from the owner of each block: a replica that
+    served block i holds blocks 0..i; the walk stops at the first unowned block."""
+    matched = {}
+    for i, owner in enumerate(owners):
+        if owner is None:
+            break
+        matched[owner] = i + 1
+    return matched
 
 
 def test_under_limit():
@@ -176,7 +182,7 @@ def python_pick(candidates, inflight, owners, gap, limit, rotation):
         return "limit"
     if gap < 0:
         return picking.least_request(eligible, inflight, rotation)
-    return picking.prefix_match(eligible, inflight, picking.owners_to_matches(owners), gap,
+    return picking.prefix_match(eligible, inflight, owners_to_matches(owners), gap,
                                 rotation)
 
 

@@ -59,16 +59,3 @@ def prefix_match(addresses, inflight, matched, max_load_gap, rotation):
         return Pick(pick.address, pick.inflight, matched.get(pick.address, 0), "bounded_load")
     return pick
 
-
-def owners_to_matches(owners):
-    """Per-address matched blocks from the owner of each block (None: unknown).
-
-    A replica that served block i served blocks 0..i with it, so it holds
-    i + 1 blocks; the scan stops at the first block nobody holds.
-    """
-    matched = {}
-    for i, owner in enumerate(owners):
-        if owner is None:
-            break
-        matched[owner] = i + 1
-    return matched
