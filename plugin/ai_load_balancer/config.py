@@ -7,8 +7,12 @@ message that starts with the field's path, e.g. "lb_config.servicePort: ...".
 import json
 from dataclasses import dataclass
 
-POLICIES = ("header", "global_least_request", "prefix_cache")
-REDIS_POLICIES = ("global_least_request", "prefix_cache")
+from .scheduling import DEFAULT_WEIGHTS, SCORERS
+
+POLICIES = ("header", "global_least_request", "prefix_cache", "least_busy")
+# Higress's newer names for least_busy.
+ALIASES = {"endpoint_metrics": "least_busy", "metrics_based": "least_busy"}
+METRIC_POLICIES = ("default", "weighted", "least", "most")
 
 
 class ConfigError(ValueError):
@@ -40,6 +44,24 @@ class LBConfig:
     lease_s: int = 60                      # a silent gateway's in-flight counts expire after this
     debug_header: bool = False             # x-ailb-decision response header
     detail_log: bool = False               # one info line per decision (enableDetailLog)
+    metrics: object = None                 # MetricsConfig, for least_busy
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    critical_models: frozenset = frozenset()  # empty: every request is critical
+    metric_policy: str = "default"
+    target_metric: str = "vllm:num_requests_waiting"
+    rate_limit: float = 1.0
+    weights: tuple = DEFAULT_WEIGHTS
+    queue_critical: int = 5
+    queue_lora: int = 50
+    kv_cache_threshold: float = 0.8
+    path: str = "/metrics"
+    cluster: str = ""                      # Envoy cluster for scrapes ("": the routed one)
+    interval_ms: int = 1000
+    timeout_ms: int = 1000
+    staleness_ms: int = 5000
 
 
 def parse(raw):
@@ -52,6 +74,7 @@ def parse(raw):
     if not isinstance(doc, dict):
         raise ConfigError("configuration must be a JSON object")
     policy = doc.get("lb_policy", "header")
+    policy = ALIASES.get(policy, policy)
     if policy not in POLICIES:
         raise ConfigError(f"lb_policy: unknown policy {policy!r} (known: {', '.join(POLICIES)})")
     lb_type = doc.get("lb_type", "endpoint")
@@ -79,8 +102,53 @@ def parse(raw):
         lease_s=lb.number("leaseSeconds", 60, low=5),
         debug_header=lb.boolean("debugHeader", False),
         detail_log=lb.boolean("enableDetailLog", False),
+        metrics=_metrics(lb) if policy == "least_busy" else None,
     )
     return config, lb.unknown()
+
+
+def _metrics(lb):
+    models = lb.value("criticalModels", [])
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise ConfigError("lb_config.criticalModels: must be a list of model names")
+    metric_policy = lb.string("metric_policy", "default")
+    if metric_policy not in METRIC_POLICIES:
+        raise ConfigError(f"lb_config.metric_policy: {metric_policy!r} is not one of "
+                          f"{', '.join(METRIC_POLICIES)}")
+    return MetricsConfig(
+        critical_models=frozenset(models),
+        metric_policy=metric_policy,
+        target_metric=lb.string("target_metric", "vllm:num_requests_waiting", empty=False),
+        rate_limit=lb.fraction("rate_limit", 1.0, low=0.0, high=1.0),
+        weights=_weights(lb),
+        queue_critical=lb.number("queueThresholdCritical", 5, low=0),
+        queue_lora=lb.number("queueingThresholdLoRA", 50, low=0),
+        kv_cache_threshold=lb.fraction("kvCacheThreshold", 0.8, low=0.0, high=1.0),
+        path=lb.string("metricsPath", "/metrics", empty=False),
+        cluster=lb.string("metricsCluster", ""),
+        interval_ms=lb.number("scrapeInterval", 1000, low=50),
+        timeout_ms=lb.number("scrapeTimeout", 1000, low=10),
+        staleness_ms=lb.number("metricsStaleness", 5000, low=100),
+    )
+
+
+def _weights(lb):
+    scorers = lb.value("scorers", None)
+    if scorers is None:
+        return DEFAULT_WEIGHTS
+    if not isinstance(scorers, list) or not scorers:
+        raise ConfigError("lb_config.scorers: must be a non-empty list of {name, weight}")
+    weights = []
+    for entry in scorers:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        weight = entry.get("weight", 1) if isinstance(entry, dict) else None
+        if name not in SCORERS:
+            raise ConfigError(f"lb_config.scorers: unknown scorer {name!r} "
+                              f"(known: {', '.join(sorted(SCORERS))})")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ConfigError(f"lb_config.scorers: weight of {name} must be a number >= 0")
+        weights.append((name, float(weight)))
+    return tuple(weights)
 
 
 def _redis(lb):
@@ -141,6 +209,12 @@ class _Fields:
             raise ConfigError(f"lb_config.{name}: {value} is out of range "
                               f"[{low if low is not None else ''}, {high if high is not None else ''}]")
         return value
+
+    def fraction(self, name, default, low, high):
+        value = self.value(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ConfigError(f"lb_config.{name}: must be a number in [{low}, {high}]")
+        return float(value)
 
     def boolean(self, name, default):
         value = self.value(name, default)

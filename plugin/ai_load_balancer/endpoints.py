@@ -11,7 +11,8 @@ from proxywasm import hostcalls
 _health_cache = {}  # host info JSON -> usable?
 
 
-def _usable(info):
+def usable(info):
+    """Whether a Higress host info JSON says the host may take traffic."""
     usable = _health_cache.get(info)
     if usable is None:
         try:
@@ -28,7 +29,7 @@ def _usable(info):
 def candidates(config):
     """Sorted addresses ("ip:port") of the usable replicas. Request phase."""
     if hostcalls.has_capability("proxy_get_upstream_hosts"):
-        return sorted(address for address, info in hostcalls.get_upstream_hosts() if _usable(info))
+        return sorted(address for address, info in hostcalls.get_upstream_hosts() if usable(info))
     return list(config.endpoints)
 
 
