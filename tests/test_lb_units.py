@@ -234,3 +234,26 @@ def test_release_never_goes_below_zero(redis_server):
     redis_server.command("DEL", f"{prefix}:n:me")
     redis_server.command(*resp_args(redis_state.release_command(cluster, "me", A, 60000)))
     assert redis_server.command("HGET", f"{prefix}:n:me", A) == b"$-1\r\n"
+
+
+def test_least_busy_config_and_higress_aliases():
+    for name in ("least_busy", "endpoint_metrics", "metrics_based"):
+        cfg, warnings = config.parse(json.dumps({"lb_policy": name, "lb_config": {
+            "criticalModels": ["meta-llama/Llama-2-7b-hf", "sql-lora"], "metric_policy": "least",
+            "target_metric": "vllm:num_requests_running", "rate_limit": 0.6}}))
+        assert warnings == [] and cfg.policy == "least_busy"
+        assert cfg.metrics.critical_models == {"meta-llama/Llama-2-7b-hf", "sql-lora"}
+        assert (cfg.metrics.metric_policy, cfg.metrics.rate_limit) == ("least", 0.6)
+
+
+@pytest.mark.parametrize("fields, field", [
+    ({"metric_policy": "fastest"}, "lb_config.metric_policy"),
+    ({"rate_limit": 1.5}, "lb_config.rate_limit"),
+    ({"criticalModels": "sql-lora"}, "lb_config.criticalModels"),
+    ({"scorers": [{"name": "vibes", "weight": 1}]}, "lb_config.scorers"),
+    ({"scorers": [{"name": "queue", "weight": -1}]}, "lb_config.scorers"),
+    ({"scrapeInterval": 1}, "lb_config.scrapeInterval"),
+])
+def test_invalid_least_busy_config_names_the_field(fields, field):
+    with pytest.raises(config.ConfigError, match=f"^{field}"):
+        config.parse(json.dumps({"lb_policy": "least_busy", "lb_config": fields}))
