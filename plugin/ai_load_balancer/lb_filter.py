@@ -8,6 +8,7 @@ Whatever fails, the request goes on to the service's own load balancing.
 """
 
 import hashlib
+import json
 import os
 
 from proxywasm import CONTINUE, PAUSE, HttpContext, RootContext, hostcalls, resp
@@ -16,9 +17,12 @@ from . import config as lb_config
 from . import endpoint_override, endpoints, llm_request, picking, prefix_hash, redis_state
 from .embedded_inflight import Contention, EmbeddedInflight
 from .embedded_prefix_index import EmbeddedPrefixIndex
+from .least_busy import LeastBusy, NoMetrics
 from .log_limiter import LogLimiter
+from .scheduling import Shed
 
 DECISION_HEADER = "x-ailb-decision"
+LIMIT_MESSAGE = "every replica has maxRequestCount requests in flight"
 
 
 class LoadBalancerRoot(RootContext):
@@ -41,6 +45,9 @@ class LoadBalancerRoot(RootContext):
         self.inflight = EmbeddedInflight(f"ailb:inflight:{config_id}", self.vm_id, cfg.lease_s * 1000)
         self.prefix_index = EmbeddedPrefixIndex(config_id, cfg.index_capacity, cfg.key_ttl_s)
         self.redis = None
+        self.least_busy = None
+        if cfg.policy == "least_busy":
+            self.least_busy = LeastBusy(cfg.metrics, f"ailb:metrics:{config_id}", self.vm_id)
         if cfg.policy != "header":
             self.inflight.create()
             self._init_redis()
@@ -62,10 +69,18 @@ class LoadBalancerRoot(RootContext):
         self.redis = cluster
 
     def _tick_ms(self):
-        lease_ms = self.config.lease_s * 1000
+        period = self.config.lease_s * 1000 // 3
         if self.redis:
-            return max(20, min(self.config.redis.timeout_ms // 4, lease_ms // 3))
-        return lease_ms // 3
+            period = min(period, max(20, self.config.redis.timeout_ms // 4))
+        if self.least_busy:
+            period = min(period, self.config.metrics.interval_ms)
+        return period
+
+    def learn_cluster(self, cluster):
+        """The routed cluster, seen on a request: scrapes go there unless
+        lb_config.metricsCluster names one."""
+        if self.least_busy and not self.least_busy.scraper.cluster:
+            self.least_busy.scraper.cluster = cluster
 
     def on_tick(self):
         now_ms = hostcalls.now_ns() // 1_000_000
@@ -73,6 +88,8 @@ class LoadBalancerRoot(RootContext):
             if now_ms - stream.waiting_since_ms >= self.config.redis.timeout_ms:
                 stream.redis_timed_out()
         self.inflight.renew(now_ms)
+        if self.least_busy and self.least_busy.scraper.cluster:
+            self.least_busy.scraper.tick(self, self.config.endpoints, now_ms)
         for cluster in self.redis_clusters:
             hostcalls.redis_call(self.redis, redis_state.renew_command(
                 cluster, self.vm_id, self.config.lease_s * 1000))
@@ -104,9 +121,10 @@ class LoadBalancerStream(HttpContext):
                 endpoint_override.pin([wanted.strip()])
             return CONTINUE
         self.cluster = endpoints.cluster_name()
-        if self.cfg.policy == "prefix_cache" and not end_of_stream:
+        self.root.learn_cluster(self.cluster)
+        if self.cfg.policy in ("prefix_cache", "least_busy") and not end_of_stream:
             self.awaiting_body = True
-            return PAUSE  # the prompt is in the body
+            return PAUSE  # the prompt and the model are in the body
         return self._decide(None)
 
     def on_request_body(self, body_size, end_of_stream):
@@ -150,6 +168,8 @@ class LoadBalancerStream(HttpContext):
     # --- deciding -----------------------------------------------------------------
 
     def _decide(self, request):
+        if self.cfg.policy == "least_busy":
+            return self._decide_least_busy(request)
         candidates = endpoints.candidates(self.cfg)
         if not candidates:
             self.root.limiter.log(hostcalls.WARN, "no endpoints", "no usable endpoint known; "
@@ -182,7 +202,7 @@ class LoadBalancerStream(HttpContext):
         try:
             pick = self.root.inflight.take(choose, now_ns // 1_000_000)
         except redis_state.LimitReached:
-            return self._reject()
+            return self._reject(LIMIT_MESSAGE)
         except Contention as exc:
             self.root.limiter.log(hostcalls.WARN, "contention", str(exc))
             return CONTINUE
@@ -190,6 +210,37 @@ class LoadBalancerStream(HttpContext):
         if self.hashes:
             held = 0 if aging else matched.get(pick.address, 0)
             self.root.prefix_index.record(self.hashes, pick.address, now_ns // 1_000_000_000, held)
+        return self._apply(pick)
+
+    def _decide_least_busy(self, request):
+        lb = self.root.least_busy
+        now_ns = hostcalls.now_ns()
+        now_ms, now_s = now_ns // 1_000_000, now_ns // 1_000_000_000
+        if hostcalls.has_capability("proxy_get_upstream_hosts"):
+            hosts = hostcalls.get_upstream_hosts()
+            addresses = sorted(a for a, info in hosts if endpoints.usable(info))
+            metrics = lb.scraper.from_upstream_hosts(hosts, now_ms) or lb.scraper.snapshot(now_ms)
+        else:
+            addresses, metrics = list(self.cfg.endpoints), lb.scraper.snapshot(now_ms)
+        matched, aging = {}, False
+        if request is not None and lb.uses_prefix:
+            self.hashes = prefix_hash.block_hashes(request.cache_namespace, request.prompt,
+                                                   self.cfg.block_size, self.cfg.max_blocks)
+            matched, aging = self.root.prefix_index.matches(self.hashes, now_s)
+        rotation = int.from_bytes(os.urandom(2), "little")
+        try:
+            pick = lb.choose(metrics, addresses, request.model if request else "",
+                             len(self.hashes), matched, rotation)
+        except NoMetrics:
+            self.root.limiter.log(hostcalls.WARN, "no metrics", "no replica has fresh metrics; "
+                                  "the service's load balancing decides")
+            return CONTINUE
+        except Shed:
+            return self._reject("no replica has capacity for this sheddable request")
+        self.state = "metrics"
+        if self.hashes:
+            held = 0 if aging else matched.get(pick.address, 0)
+            self.root.prefix_index.record(self.hashes, pick.address, now_s, held)
         return self._apply(pick)
 
     def _ask_redis(self):
@@ -227,7 +278,7 @@ class LoadBalancerStream(HttpContext):
         hostcalls.set_effective_context(self.context_id)
         if pick == "limit":
             self.state = "redis"
-            self._reject()
+            self._reject(LIMIT_MESSAGE)
             return
         if pick is None:
             self._redis_failed(failure)
@@ -270,9 +321,10 @@ class LoadBalancerStream(HttpContext):
                                           f"{pick.inflight} in flight, {self.state})")
         return CONTINUE
 
-    def _reject(self):
-        self.send_local_response(
-            429, b'{"error":{"message":"every replica has maxRequestCount requests in flight",'
-                 b'"type":"rate_limit_exceeded","code":429}}',
-            [("content-type", "application/json")], "ai_load_balancer_max_request_count")
+    def _reject(self, message):
+        """A local 429 in OpenAI's error format."""
+        body = json.dumps({"error": {"message": message, "type": "rate_limit_exceeded",
+                                     "code": 429}})
+        self.send_local_response(429, body, [("content-type", "application/json")],
+                                 "ai_load_balancer_429")
         return PAUSE
