@@ -69,9 +69,9 @@ async def _read_response(reader):
     return status, replica, close
 
 
-async def _load(port, rate, duration, connections, headers_for):
+async def _load(port, rate, duration, connections, headers_for, body_for=None):
     """Sends rate*duration requests, request i due at t0 + i/rate. Returns
-    (samples, errors)."""
+    (samples, errors). With `body_for(i)` -> bytes, request i is a POST with that body."""
     loop = asyncio.get_running_loop()
     total = max(1, int(rate * duration))
     queue = asyncio.Queue()
@@ -104,7 +104,13 @@ async def _load(port, rate, duration, connections, headers_for):
                     return
                 i, due = item
                 extra = "".join(f"{k}: {v}\r\n" for k, v in headers_for(i).items())
-                request = (f"GET /v1/bench/{i} HTTP/1.1\r\nhost: bench\r\n{extra}\r\n").encode()
+                if body_for is None:
+                    request = f"GET /v1/bench/{i} HTTP/1.1\r\nhost: bench\r\n{extra}\r\n".encode()
+                else:
+                    body = body_for(i)
+                    request = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\n"
+                               f"content-type: application/json\r\ncontent-length: {len(body)}"
+                               f"\r\n{extra}\r\n").encode() + body
                 sent = loop.time()
                 try:
                     writer.write(request)
@@ -136,11 +142,11 @@ async def _load(port, rate, duration, connections, headers_for):
     return samples, errors
 
 
-def run_load(port, rate, duration, connections, headers_for=lambda i: {}):
+def run_load(port, rate, duration, connections, headers_for=lambda i: {}, body_for=None):
     gc.collect()
     gc.disable()  # no collector pauses inside the measurement
     try:
-        return asyncio.run(_load(port, rate, duration, connections, headers_for))
+        return asyncio.run(_load(port, rate, duration, connections, headers_for, body_for))
     finally:
         gc.enable()
 
@@ -162,16 +168,18 @@ def summarize(values_s):
 
 
 class Scenario:
-    def __init__(self, name, port, envoy=None, headers_for=lambda i: {}, expect=None):
+    def __init__(self, name, port, envoy=None, headers_for=lambda i: {}, expect=None,
+                 body_for=None):
         self.name, self.port, self.envoy = name, port, envoy
-        self.headers_for, self.expect = headers_for, expect
+        self.headers_for, self.expect, self.body_for = headers_for, expect, body_for
         self.samples, self.errors, self.cpu_s = [], [], 0.0
         self.misrouted = 0
         self.busy_s = 0.0
 
     def run(self, rate, duration, connections, record=True):
         cpu0 = self.envoy.cpu_seconds() if self.envoy else 0.0
-        samples, errors = run_load(self.port, rate, duration, connections, self.headers_for)
+        samples, errors = run_load(self.port, rate, duration, connections, self.headers_for,
+                                   self.body_for)
         cpu1 = self.envoy.cpu_seconds() if self.envoy else 0.0
         if record:
             self.samples += samples

@@ -254,6 +254,39 @@ def test_prefix_cache_get_without_body(prefix, replicas4):
         assert check_routed(client.get("/v1/models"), replicas4)["reason"] == "least_request"
 
 
+ENVOY_BUFFER_LIMIT = 1024 * 1024  # per_connection_buffer_limit_bytes, Envoy's default
+
+
+def big_chat(size):
+    return chat([{"role": "system", "content": DOCUMENT},
+                 {"role": "user", "content": "x" * size}])
+
+
+def test_prefix_cache_body_over_max_body_bytes_is_routed_without_prompt(
+        start_envoy, replicas4, production_wasm):
+    """maxBodyBytes below Envoy's buffer limit: a larger body goes on, least request."""
+    replicas4.reset()
+    plugin_config = {"lb_policy": "prefix_cache", "lb_config": {
+        "endpoints": replicas4.endpoints, "debugHeader": True, "maxBodyBytes": 256 * 1024}}
+    envoy = start_envoy(harness.EnvoyConfig.simple(
+        replicas4.endpoints, wasm_path=production_wasm, plugin_config=plugin_config))
+    body = big_chat(600 * 1024)
+    response = post_chat(envoy, body)
+    d = check_routed(response, replicas4)
+    assert d["reason"] == "least_request" and d["matched_blocks"] == 0
+    assert json.loads(response.body)["body_bytes"] == len(body)
+    envoy.wait_for_log("over maxBodyBytes")
+
+
+def test_prefix_cache_body_over_envoy_buffer_limit_fails_open(prefix, replicas4):
+    """A prompt larger than Envoy's buffer (e.g. base64 images) must still reach a
+    replica: the plugin must stop buffering before Envoy's limit."""
+    body = big_chat(ENVOY_BUFFER_LIMIT + 100 * 1024)
+    response = post_chat(prefix, body)
+    assert response.status == 200, (response.status, response.body[:100])
+    assert json.loads(response.body)["body_bytes"] == len(body)
+
+
 def test_prefix_cache_abort_while_waiting_for_body(prefix, replicas4):
     """A client that leaves while the plugin waits for the rest of the body
     (nothing counted yet) leaks nothing and breaks nothing."""

@@ -169,6 +169,11 @@ def owners_to_matches(owners):
     return matched
 
 
+def test_a_short_match_does_not_count():
+    pick = picking.prefix_match([A, B], {A: 3, B: 0}, {A: 2}, 4, 0, min_blocks=5)
+    assert (pick.address, pick.reason) == (B, "least_request")
+
+
 def test_under_limit():
     assert picking.under_limit([A, B], {A: 2, B: 1}, 2) == [B]
     assert picking.under_limit([A, B], {A: 2, B: 1}, 0) == [A, B]
@@ -176,14 +181,14 @@ def test_under_limit():
 
 # --- the Redis script applies the same rules --------------------------------------------
 
-def python_pick(candidates, inflight, owners, gap, limit, rotation):
+def python_pick(candidates, inflight, owners, gap, limit, rotation, min_blocks):
     eligible = picking.under_limit(candidates, inflight, limit)
     if not eligible:
         return "limit"
     if gap < 0:
         return picking.least_request(eligible, inflight, rotation)
     return picking.prefix_match(eligible, inflight, owners_to_matches(owners), gap,
-                                rotation)
+                                rotation, min_blocks)
 
 
 def test_redis_script_and_python_pick_alike(redis_server):
@@ -208,9 +213,10 @@ def test_redis_script_and_python_pick_alike(redis_server):
             owners.append(owner)
             redis_server.command("SET", f"{prefix}:pc:{h}", owner)
         gap, limit, rotation = rng.choice([-1, 0, 2]), rng.choice([0, 0, 3]), rng.randint(0, 99)
-        expected = python_pick(candidates, inflight, owners, gap, limit, rotation)
+        min_blocks = rng.choice([0, 1, 3])
+        expected = python_pick(candidates, inflight, owners, gap, limit, rotation, min_blocks)
         reply = redis_server.command(*resp_args(redis_state.pick_command(
-            cluster, "me", 60000, rotation, candidates, hashes, gap, limit, 600)))
+            cluster, "me", 60000, rotation, candidates, hashes, gap, limit, 600, min_blocks)))
         if expected == "limit":
             with pytest.raises(redis_state.LimitReached):
                 redis_state.parse_pick(reply)

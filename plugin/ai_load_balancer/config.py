@@ -40,7 +40,8 @@ class LBConfig:
     block_size: int = 64                   # bytes per prefix block
     max_blocks: int = 256                  # prefix blocks hashed at most
     index_capacity: int = 65536            # embedded prefix index slots
-    max_body_bytes: int = 4 * 1024 * 1024  # larger bodies are routed without their prompt
+    max_body_bytes: int = 1024 * 1024      # larger bodies are routed without their prompt
+    min_match_ratio: float = 0.5           # a prefix match must cover this share of the prompt
     lease_s: int = 60                      # a silent gateway's in-flight counts expire after this
     debug_header: bool = False             # x-ailb-decision response header
     detail_log: bool = False               # one info line per decision (enableDetailLog)
@@ -98,7 +99,8 @@ def parse(raw):
         block_size=lb.number("prefixBlockSize", 64, low=16, high=4096),
         max_blocks=lb.number("maxPrefixBlocks", 256, low=1, high=4096),
         index_capacity=lb.number("indexCapacity", 65536, low=16, high=1 << 24),
-        max_body_bytes=lb.number("maxBodyBytes", 4 * 1024 * 1024, low=1024),
+        max_body_bytes=lb.number("maxBodyBytes", 1024 * 1024, low=1024),
+        min_match_ratio=lb.fraction("minMatchRatio", 0.5, low=0.0, high=1.0),
         lease_s=lb.number("leaseSeconds", 60, low=5),
         debug_header=lb.boolean("debugHeader", False),
         detail_log=lb.boolean("enableDetailLog", False),

@@ -9,6 +9,7 @@ Whatever fails, the request goes on to the service's own load balancing.
 
 import hashlib
 import json
+import math
 import os
 
 from proxywasm import CONTINUE, PAUSE, HttpContext, RootContext, hostcalls, resp
@@ -123,6 +124,10 @@ class LoadBalancerStream(HttpContext):
         self.cluster = endpoints.cluster_name()
         self.root.learn_cluster(self.cluster)
         if self.cfg.policy in ("prefix_cache", "least_busy") and not end_of_stream:
+            length = hostcalls.get_header(hostcalls.REQUEST_HEADERS, "content-length")
+            if length and length.isdigit() and int(length) > self.cfg.max_body_bytes:
+                # Buffering it could hit Envoy's buffer limit (a 413): route it unread.
+                return self._too_large(length)
             self.awaiting_body = True
             return PAUSE  # the prompt and the model are in the body
         return self._decide(None)
@@ -132,9 +137,7 @@ class LoadBalancerStream(HttpContext):
             return super().on_request_body(body_size, end_of_stream)
         if body_size > self.cfg.max_body_bytes:
             self.awaiting_body = False
-            self.root.limiter.log(hostcalls.WARN, "large body", f"body of {body_size} bytes is "
-                                  f"over maxBodyBytes; routing it without its prompt")
-            return self._decide(None)
+            return self._too_large(body_size)
         if not end_of_stream:
             return PAUSE  # buffer until the whole body is here
         self.awaiting_body = False
@@ -145,6 +148,11 @@ class LoadBalancerStream(HttpContext):
             self.root.limiter.log(hostcalls.DEBUG, "not llm", f"no prompt to match: {exc}")
             request = None
         return self._decide(request)
+
+    def _too_large(self, size):
+        self.root.limiter.log(hostcalls.WARN, "large body", f"body of {size} bytes is over "
+                              f"maxBodyBytes; routing it without its prompt")
+        return self._decide(None)
 
     def on_response_headers(self, num_headers, end_of_stream):
         if self.cfg.debug_header and self.pick:
@@ -195,7 +203,7 @@ class LoadBalancerStream(HttpContext):
                 raise redis_state.LimitReached()
             if cfg.policy == "prefix_cache":
                 return picking.prefix_match(eligible, inflight, matched, cfg.max_load_gap,
-                                            self.rotation)
+                                            self.rotation, self._min_blocks())
             return picking.least_request(eligible, inflight, self.rotation)
 
         self.state = "embedded"
@@ -243,11 +251,16 @@ class LoadBalancerStream(HttpContext):
             self.root.prefix_index.record(self.hashes, pick.address, now_s, held)
         return self._apply(pick)
 
+    def _min_blocks(self):
+        """The shortest prefix match that counts (minMatchRatio of the prompt)."""
+        return math.ceil(self.cfg.min_match_ratio * len(self.hashes))
+
     def _ask_redis(self):
         gap = self.cfg.max_load_gap if self.cfg.policy == "prefix_cache" else -1
         command = redis_state.pick_command(
             self.cluster, self.root.vm_id, self.cfg.lease_s * 1000, self.rotation,
-            self.candidates, self.hashes, gap, self.cfg.max_request_count, self.cfg.key_ttl_s)
+            self.candidates, self.hashes, gap, self.cfg.max_request_count, self.cfg.key_ttl_s,
+            self._min_blocks())
         try:
             # Owned by the root: its answer arrives even if this stream is gone,
             # so a count Redis made for it can always be released.
@@ -324,7 +337,7 @@ class LoadBalancerStream(HttpContext):
     def _reject(self, message):
         """A local 429 in OpenAI's error format."""
         body = json.dumps({"error": {"message": message, "type": "rate_limit_exceeded",
-                                     "code": 429}})
+                                     "param": None, "code": 429}})
         self.send_local_response(429, body, [("content-type", "application/json")],
                                  "ai_load_balancer_429")
         return PAUSE

@@ -41,6 +41,7 @@ from proxywasm import hostcalls
 from proxywasm.abi import CasMismatch
 
 from . import replica_metrics
+from .leader_lease import LeaderLease
 from .log_limiter import LogLimiter
 
 CAS_TRIES = 16
@@ -52,7 +53,6 @@ class MetricsScraper:
     def __init__(self, key, vm_id, cluster, path="/metrics", interval_ms=1000, timeout_ms=1000,
                  staleness_ms=5000, extra_names=()):
         self.key = key
-        self.lease_key = key + ":lease"
         self.vm_id = str(vm_id)
         self.cluster = cluster
         self.path = path
@@ -61,6 +61,7 @@ class MetricsScraper:
         self.staleness_ms = int(staleness_ms)
         self.extra_names = tuple(extra_names)
         self.lease_ms = 3 * self.interval_ms
+        self._lease = LeaderLease(key + ":lease", self.vm_id, self.lease_ms)
         self.limiter = LogLimiter()
         self.leader = False
         # Scraping VM: its view of the shared table and what it last wrote.
@@ -108,30 +109,11 @@ class MetricsScraper:
             self._log(hostcalls.WARN, "tick", f"metrics scraper tick failed: {exc!r}")
 
     def _hold_lease(self, now_ms):
-        raw, cas = hostcalls.get_shared_data(self.lease_key)
-        if raw is None:
-            # Created expired, then taken with a compare-and-swap like any
-            # expired lease (a write with cas 0 would not check anything).
-            hostcalls.set_shared_data(self.lease_key, b"- 0")
-            raw, cas = hostcalls.get_shared_data(self.lease_key)
-            if raw is None:
-                return False
-        holder, _, expiry = bytes(raw).decode("utf-8", "replace").partition(" ")
-        try:
-            expiry_ms = int(expiry)
-        except ValueError:
-            expiry_ms = 0
-        if holder != self.vm_id and expiry_ms > now_ms:
-            return False
-        try:
-            hostcalls.set_shared_data(self.lease_key, f"{self.vm_id} {now_ms + self.lease_ms}",
-                                      cas)
-        except CasMismatch:
-            return False
-        if holder != self.vm_id:
+        held = self._lease.hold(now_ms)
+        if held and self._lease.taken:
             self._log(hostcalls.INFO, "lease", f"metrics scraper: this VM ({self.vm_id}) "
                                                f"scrapes {self.cluster} now")
-        return True
+        return held
 
     def _prune(self, endpoints):
         """Forgets replicas that left the endpoint set (once per change)."""

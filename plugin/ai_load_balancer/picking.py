@@ -38,24 +38,28 @@ def least_request(addresses, inflight, rotation):
     return Pick(best[0], best[1], 0, "least_request")
 
 
-def prefix_match(addresses, inflight, matched, max_load_gap, rotation):
+def prefix_match(addresses, inflight, matched, max_load_gap, rotation, min_blocks=1):
     """The replica holding the longest prefix of the prompt, among those whose
     in-flight count is within `max_load_gap` of the least busy one; else the
-    least busy. `matched` maps address -> number of leading blocks it holds."""
+    least busy. `matched` maps address -> number of leading blocks it holds;
+    a match shorter than `min_blocks` does not count."""
+    min_blocks = max(1, min_blocks)
     fewest = min(inflight.get(a, 0) for a in addresses)
     n = len(addresses)
-    best = None
+    best, any_match = None, False
     for i in range(n):
         address = addresses[(rotation + i) % n]
         blocks, count = matched.get(address, 0), inflight.get(address, 0)
-        if blocks == 0 or count > fewest + max_load_gap:
+        if blocks < min_blocks:
+            continue
+        any_match = True
+        if count > fewest + max_load_gap:
             continue
         if best is None or blocks > best[1] or (blocks == best[1] and count < best[2]):
             best = (address, blocks, count)
     if best is not None:
         return Pick(best[0], best[2], best[1], "prefix_match")
     pick = least_request(addresses, inflight, rotation)
-    if matched and any(matched.get(a, 0) for a in addresses):
-        return Pick(pick.address, pick.inflight, matched.get(pick.address, 0), "bounded_load")
-    return pick
+    return Pick(pick.address, pick.inflight, matched.get(pick.address, 0),
+                "bounded_load" if any_match else "least_request")
 

@@ -16,17 +16,18 @@ from proxywasm import resp
 from .picking import Pick
 
 # ARGV: gateway, lease_ms, rotation, max_load_gap (-1: least request only),
-#       limit (0: none), ttl_s, candidate count, candidates..., block hashes...
+#       limit (0: none), ttl_s, min_blocks, candidate count, candidates..., block hashes...
 PICK_SCRIPT = """
 local p = KEYS[1]
 local gw, lease = ARGV[1], tonumber(ARGV[2])
 local rotation, gap, limit, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local total = tonumber(ARGV[7])
-local h0, nh = 7 + total, #ARGV - 7 - total
+local minb = math.max(1, tonumber(ARGV[7]))
+local total = tonumber(ARGV[8])
+local h0, nh = 8 + total, #ARGV - 8 - total
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local inflight = {}
-for i = 1, total do inflight[ARGV[7 + i]] = 0 end
+for i = 1, total do inflight[ARGV[8 + i]] = 0 end
 redis.call('ZREMRANGEBYSCORE', p .. ':gws', '-inf', now)
 redis.call('ZADD', p .. ':gws', now + lease, gw)
 for _, g in ipairs(redis.call('ZRANGE', p .. ':gws', 0, -1)) do
@@ -38,7 +39,7 @@ for _, g in ipairs(redis.call('ZRANGE', p .. ':gws', 0, -1)) do
 end
 local cands = {}
 for i = 1, total do
-  local a = ARGV[7 + i]
+  local a = ARGV[8 + i]
   if limit <= 0 or inflight[a] < limit then cands[#cands + 1] = a end
 end
 if #cands == 0 then return {'', 0, 0, 'limit'} end
@@ -61,8 +62,8 @@ local best, bestm, bestc, anym = nil, 0, 0, false
 for k = 0, n - 1 do
   local a = cands[(rotation + k) % n + 1]
   local m, c = matched[a] or 0, inflight[a]
-  if m > 0 then anym = true end
-  if gap >= 0 and m > 0 and c <= fewest + gap then
+  if m >= minb then anym = true end
+  if gap >= 0 and m >= minb and c <= fewest + gap then
     if best == nil or m > bestm or (m == bestm and c < bestc) then best, bestm, bestc = a, m, c end
   end
 end
@@ -111,11 +112,11 @@ def key_prefix(cluster):
 
 
 def pick_command(cluster, gateway, lease_ms, rotation, candidates, hashes=(),
-                 max_load_gap=-1, limit=0, ttl_s=1800):
+                 max_load_gap=-1, limit=0, ttl_s=1800, min_blocks=1):
     """EVAL that picks among `candidates` and counts the pick. With hashes and a
     max_load_gap >= 0 it is prefix_cache's pick, otherwise least request."""
     return resp.command("EVAL", PICK_SCRIPT, 1, key_prefix(cluster), gateway, lease_ms,
-                        rotation, max_load_gap, limit, ttl_s, len(candidates),
+                        rotation, max_load_gap, limit, ttl_s, min_blocks, len(candidates),
                         *candidates, *hashes)
 
 
