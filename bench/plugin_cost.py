@@ -10,6 +10,8 @@ envoy-test/bench_policies.py measures Envoy's CPU per request.
 """
 
 import argparse
+import hashlib
+import json
 import os
 import sys
 import time
@@ -17,6 +19,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "plugin")]
 
+from ai_load_balancer import replica_metrics  # noqa: E402
 from tests.host.emulator import HostEmulator  # noqa: E402
 from tests.host.native import NativePlugin  # noqa: E402
 from tests.host.wasm import WasmPlugin  # noqa: E402
@@ -34,12 +37,37 @@ def body_of(size):
     return chat_body(*turns)
 
 
+def least_busy_config(replicas):
+    endpoints = [f"10.1.{i // 250}.{i % 250 + 1}:8000" for i in range(replicas)]
+    return json.dumps({"lb_policy": "least_busy", "lb_config": {
+        "endpoints": endpoints, "metricsCluster": "outbound|8000||vllm",
+        "metricsStaleness": 3_600_000}}).encode(), endpoints
+
+
+def scraped_table(endpoints):
+    """The shared metrics table a scrape round would have written."""
+    now_ms = time.time_ns() // 1_000_000
+    table = {}
+    for i, address in enumerate(endpoints):
+        metrics = replica_metrics.ReplicaMetrics(float(i % 7), 3.0, 0.1 + (i % 5) / 10,
+                                                 frozenset({"sql-lora"}) if i % 3 else
+                                                 frozenset(), frozenset(), 4, now_ms)
+        table[address] = [replica_metrics.to_json(metrics), 0, 0]
+    return json.dumps(table)
+
+
 def measure(mode, policy, body, requests):
     host = HostEmulator(target="envoy")
     host.attach(NativePlugin(host, "ai_load_balancer.main") if mode == "native"
                 else WasmPlugin(host, WASM))
     host.set_property(["xds", "cluster_name"], b"outbound|8000||vllm")
-    assert host.start_plugin(plugin_config(policy, debugHeader=False))
+    if policy.startswith("least_busy"):
+        config, endpoints = least_busy_config(int(policy.split(":")[1]))
+        config_id = hashlib.blake2b(config, digest_size=6).hexdigest()
+        host.shared.set("", f"ailb:metrics:{config_id}".encode(), scraped_table(endpoints).encode(), 0)
+    else:
+        config = plugin_config(policy, debugHeader=False)
+    assert host.start_plugin(config), host.logs_text()
     for _ in range(20):  # warm up
         finish(host, send(host, body)[0])
     started = time.perf_counter()
@@ -55,7 +83,8 @@ def main():
     parser.add_argument("--requests", type=int, default=300)
     args = parser.parse_args()
     cases = [("header", None), ("global_least_request", None),
-             ("prefix_cache", body_of(1024)), ("prefix_cache", body_of(30 * 1024))]
+             ("prefix_cache", body_of(1024)), ("prefix_cache", body_of(30 * 1024)),
+             ("least_busy:8", body_of(1024)), ("least_busy:128", body_of(1024))]
     print(f"| policy | body | native us/request | wasm us/request |")
     print(f"|---|---:|---:|---:|")
     for policy, body in cases:
