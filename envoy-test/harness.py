@@ -132,6 +132,9 @@ class _ReplicaServer(ThreadingHTTPServer):
     request_queue_size = 128
 
 
+PROBE_PATHS = ("/health", "/metrics")
+
+
 class Replica:
     """One loopback HTTP/1.1 server answering with headers x-replica: <name>."""
 
@@ -151,8 +154,11 @@ class Replica:
         self._thread.start()
 
     def _record(self, seen):
+        """Every request is kept in `requests`; `count` counts the traffic being
+        balanced, not the plugin's own probes (health checks, metrics scrapes)."""
         with self._lock:
-            self.count += 1
+            if seen.path not in PROBE_PATHS:
+                self.count += 1
             self.requests.append(seen)
 
     def reset(self):

@@ -54,10 +54,18 @@ def send(host, body=None):
 
 
 def pinned(host, cid):
-    """Where the plugin pinned the request: the override header (Envoy) or host (Higress)."""
+    """Where the plugin pinned the request: the override header's first address
+    (the rest are fallbacks for Envoy's retries), or Higress's override host."""
     if host.target == "higress":
         return host.get_override_host(cid)
-    return host.get_request_header(cid, OVERRIDE)
+    value = host.get_request_header(cid, OVERRIDE)
+    return value.split(",")[0] if value else None
+
+
+def fallbacks(host, cid):
+    """The fallback addresses after the primary in the override header (Envoy)."""
+    value = host.get_request_header(cid, OVERRIDE) or ""
+    return value.split(",")[1:]
 
 
 def decision(host, cid):

@@ -50,7 +50,7 @@ def test_no_endpoints_leaves_the_service_lb_in_charge(make_host):
     host = start(make_host, "global_least_request", endpoints=[])
     cid, action = send(host)
     assert action == CONTINUE and pinned(host, cid) is None
-    assert any("no usable endpoint" in m for m in host.get_logs())
+    assert any("no usable replica" in m for m in host.get_logs())
 
 
 def test_higress_uses_healthy_upstream_hosts_only(make_host):

@@ -6,7 +6,7 @@ import pytest
 
 from proxywasm import resp
 from proxywasm.context import CONTINUE, PAUSE
-from tests.llm_traffic import (REPLICAS, chat_body, clear_redis, decision, finish, pinned,
+from tests.llm_traffic import (CLUSTER, REPLICAS, chat_body, clear_redis, decision, finish, pinned,
                                redis_inflight, send, start)
 
 SYSTEM = "You are a careful assistant. Answer in English. " * 8   # ~390 bytes, 6 blocks
@@ -124,7 +124,7 @@ def test_conversation_sticks_across_gateways_through_redis(make_host, redis_serv
     assert len({d["address"] for d in decisions}) == 1
     assert all(d["state"] == "redis" for d in decisions)
     assert all(d["reason"] == "prefix_match" for d in decisions[1:])
-    keys = redis_keys(redis_server, "ailb:*:pc:*")
+    keys = redis_keys(redis_server, f"ailb:{{{CLUSTER}}}:pc:*")
     ttl = int(redis_server.command("TTL", keys[0]).strip(b":\r\n"))
     assert 100 < ttl <= 120
     for host in gateways:

@@ -217,7 +217,7 @@ def test_waiting_grows_when_kv_blocks_run_out():
         for t in threads:
             t.join(10)
         assert seen_waiting > 0
-        assert seen_running <= 2
+        assert seen_running < 6  # never all of them at once: the rest queue
         assert seen_usage > 0.7
         assert len(results) == 6 and all(r["usage"]["completion_tokens"] == 100
                                          for r in results)
@@ -256,12 +256,12 @@ def test_engine_lru_eviction_preemption_and_lora_deferral():
     assert third.cached_tokens == 0 and e.pool.evictions > 0
 
     # Two long decodes that together outgrow 8 blocks: one is preempted, both finish.
-    a = engine_mod.SimRequest("a", [1, 2, 3], 14, 0.0)
-    b = engine_mod.SimRequest("b", [4, 5, 6], 14, 0.0)
+    a = engine_mod.SimRequest("a", [1, 2, 3], 18, 0.0)
+    b = engine_mod.SimRequest("b", [4, 5, 6], 18, 0.0)
     e.add(a)
     e.add(b)
     run()
-    assert a.num_output == b.num_output == 14
+    assert a.num_output == b.num_output == 18
     assert e.stats.preemptions >= 1
 
     # With one LoRA slot, a request for another adapter waits (deferred).

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 from .scheduling import DEFAULT_WEIGHTS, SCORERS
 
-POLICIES = ("header", "global_least_request", "prefix_cache", "least_busy")
+CLASSIC_POLICIES = ("round_robin", "weighted_round_robin", "random", "least_connections",
+                    "consistent_hash", "queue_depth")
+POLICIES = ("header", "global_least_request", "prefix_cache", "least_busy") + CLASSIC_POLICIES
 # Higress's newer names for least_busy.
 ALIASES = {"endpoint_metrics": "least_busy", "metrics_based": "least_busy"}
 METRIC_POLICIES = ("default", "weighted", "least", "most")
@@ -45,7 +47,27 @@ class LBConfig:
     lease_s: int = 60                      # a silent gateway's in-flight counts expire after this
     debug_header: bool = False             # x-ailb-decision response header
     detail_log: bool = False               # one info line per decision (enableDetailLog)
-    metrics: object = None                 # MetricsConfig, for least_busy
+    metrics: object = None                 # MetricsConfig, for least_busy and queue_depth
+    weights: tuple = ()                    # ((address, weight), ...): weighted_round_robin
+    hash_key: tuple = ("header", "x-session-id")  # consistent_hash: ("header"|"body", name)
+    hash_load_factor: float = 1.25         # consistent_hash: bounded load factor
+    health: object = None                  # HealthConfig
+    failover: int = 2                      # fallback endpoints after the primary (Envoy retries)
+    all_down: str = "service_lb"           # "service_lb" | "503"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    active: bool = True                    # probe each replica (stock Envoy)
+    path: str = "/health"
+    interval_ms: int = 5000
+    timeout_ms: int = 1000
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+    degraded_statuses: tuple = (429,)      # answers meaning "up but overloaded"
+    consecutive_errors: int = 5            # passive: 5xx / connect failures in a row
+    base_ejection_ms: int = 10000
+    max_ejection_ms: int = 300000
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +85,7 @@ class MetricsConfig:
     interval_ms: int = 1000
     timeout_ms: int = 1000
     staleness_ms: int = 5000
+    json_field: str = ""                   # queue_depth: dotted field of a JSON status body
 
 
 def parse(raw):
@@ -104,12 +127,77 @@ def parse(raw):
         lease_s=lb.number("leaseSeconds", 60, low=5),
         debug_header=lb.boolean("debugHeader", False),
         detail_log=lb.boolean("enableDetailLog", False),
-        metrics=_metrics(lb) if policy == "least_busy" else None,
+        metrics=_metrics(lb, policy) if policy in ("least_busy", "queue_depth") else None,
+        weights=_endpoint_weights(lb),
+        hash_key=_hash_key(lb) if policy == "consistent_hash" else ("header", "x-session-id"),
+        hash_load_factor=lb.fraction("hashLoadFactor", 1.25, low=1.0, high=100.0),
+        health=_health(lb),
+        failover=lb.number("failoverEndpoints", 2, low=0, high=8),
+        all_down=_choice(lb, "allDownBehavior", "service_lb", ("service_lb", "503")),
     )
     return config, lb.unknown()
 
 
-def _metrics(lb):
+def _choice(lb, name, default, choices):
+    value = lb.string(name, default)
+    if value not in choices:
+        raise ConfigError(f"lb_config.{name}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _endpoint_weights(lb):
+    weights = lb.value("weights", {})
+    if not isinstance(weights, dict) or not all(
+            isinstance(w, int) and not isinstance(w, bool) and 0 < w <= 1000
+            for w in weights.values()):
+        raise ConfigError("lb_config.weights: must map \"ip:port\" to a whole number 1..1000")
+    return tuple(sorted(weights.items()))
+
+
+def _hash_key(lb):
+    key = lb.value("hashKey", {"header": "x-session-id"})
+    if not isinstance(key, dict) or len(key) != 1 or next(iter(key)) not in ("header", "bodyField") \
+            or not isinstance(next(iter(key.values())), str) or not next(iter(key.values())):
+        raise ConfigError("lb_config.hashKey: must be {\"header\": name} or {\"bodyField\": name}")
+    kind, name = next(iter(key.items()))
+    return ("header", name.lower()) if kind == "header" else ("body", name)
+
+
+def _health(lb):
+    fields = lb.value("healthCheck", {})
+    if not isinstance(fields, dict):
+        raise ConfigError("lb_config.healthCheck: must be an object")
+    hc = _Fields(fields, "lb_config.healthCheck")
+    statuses = hc.value("degradedStatuses", [429])
+    if not isinstance(statuses, list) or not all(isinstance(c, int) for c in statuses):
+        raise ConfigError("lb_config.healthCheck.degradedStatuses: must be a list of status codes")
+    health = HealthConfig(
+        active=hc.boolean("enabled", True),
+        path=hc.string("path", "/health", empty=False),
+        interval_ms=hc.number("interval", 5000, low=50),
+        timeout_ms=hc.number("timeout", 1000, low=10),
+        healthy_threshold=hc.number("healthyThreshold", 2, low=1),
+        unhealthy_threshold=hc.number("unhealthyThreshold", 3, low=1),
+        degraded_statuses=tuple(statuses),
+        consecutive_errors=hc.number("consecutiveErrors", 5, low=1),
+        base_ejection_ms=hc.number("baseEjectionTime", 10000, low=100),
+        max_ejection_ms=hc.number("maxEjectionTime", 300000, low=100),
+    )
+    lb.warnings.extend(hc.unknown())
+    return health
+
+
+def _metrics(lb, policy):
+    if policy == "queue_depth":
+        # A replica's JSON status endpoint instead of Prometheus metrics.
+        return MetricsConfig(
+            metric_policy="least", target_metric="waiting",
+            path=lb.string("statusPath", "/status", empty=False),
+            json_field=lb.string("queueField", "queue_depth", empty=False),
+            cluster=lb.string("metricsCluster", ""),
+            interval_ms=lb.number("scrapeInterval", 1000, low=50),
+            timeout_ms=lb.number("scrapeTimeout", 1000, low=10),
+            staleness_ms=lb.number("metricsStaleness", 5000, low=100))
     models = lb.value("criticalModels", [])
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise ConfigError("lb_config.criticalModels: must be a list of model names")
@@ -179,16 +267,18 @@ def _endpoints(lb):
 
 
 class _Fields:
-    """Typed access to lb_config with errors naming the field."""
+    """Typed access to lb_config (or an object inside it) with errors naming the field."""
 
-    def __init__(self, fields):
+    def __init__(self, fields, path="lb_config"):
         self._fields = fields
         self._read = set()
+        self.path = path
+        self.warnings = []  # from nested objects
 
     def unknown(self):
         """Warnings for the fields nothing read."""
-        return [f"lb_config.{name}: unknown field, ignored"
-                for name in sorted(set(self._fields) - self._read)]
+        return self.warnings + [f"{self.path}.{name}: unknown field, ignored"
+                                for name in sorted(set(self._fields) - self._read)]
 
     def value(self, name, default):
         self._read.add(name)
@@ -197,7 +287,7 @@ class _Fields:
     def string(self, name, default, empty=True):
         value = self.value(name, default)
         if not isinstance(value, str) or (not empty and not value):
-            raise ConfigError(f"lb_config.{name}: must be a {'' if empty else 'non-empty '}string")
+            raise ConfigError(f"{self.path}.{name}: must be a {'' if empty else 'non-empty '}string")
         return value
 
     def number(self, name, default, low=None, high=None):
@@ -205,21 +295,21 @@ class _Fields:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-            raise ConfigError(f"lb_config.{name}: must be a whole number, not {value!r}")
+            raise ConfigError(f"{self.path}.{name}: must be a whole number, not {value!r}")
         value = int(value)
         if (low is not None and value < low) or (high is not None and value > high):
-            raise ConfigError(f"lb_config.{name}: {value} is out of range "
+            raise ConfigError(f"{self.path}.{name}: {value} is out of range "
                               f"[{low if low is not None else ''}, {high if high is not None else ''}]")
         return value
 
     def fraction(self, name, default, low, high):
         value = self.value(name, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise ConfigError(f"lb_config.{name}: must be a number in [{low}, {high}]")
+            raise ConfigError(f"{self.path}.{name}: must be a number in [{low}, {high}]")
         return float(value)
 
     def boolean(self, name, default):
         value = self.value(name, default)
         if not isinstance(value, bool):
-            raise ConfigError(f"lb_config.{name}: must be true or false")
+            raise ConfigError(f"{self.path}.{name}: must be true or false")
         return value

@@ -1,36 +1,26 @@
-"""Which replicas a request may go to: the endpoint source.
+"""Where a request's replicas come from, and the routed cluster's name.
 
-Higress lists a route's upstream hosts and their health (proxy_get_upstream_hosts);
-stock Envoy has no such call, so there the replicas come from lb_config.endpoints.
+Higress lists a route's upstream hosts with their health
+(proxy_get_upstream_hosts); stock Envoy has no such call, so there the replicas
+come from lb_config.endpoints (and the plugin's own health checks).
 """
 
-import json
+import re
 
 from proxywasm import hostcalls
 
-_health_cache = {}  # host info JSON -> usable?
+from .health import DEGRADED, HEALTHY, UNHEALTHY
+
+_STATES = {"Healthy": HEALTHY, "Degraded": DEGRADED}
+# Host info can carry a whole /metrics text: find the status without decoding it all.
+_HEALTH_STATUS = re.compile(r'"health_status"\s*:\s*"(\w+)"')
 
 
-def usable(info):
-    """Whether a Higress host info JSON says the host may take traffic."""
-    usable = _health_cache.get(info)
-    if usable is None:
-        try:
-            status = json.loads(info).get("health_status", "Healthy")
-        except (ValueError, AttributeError):
-            status = "Healthy"  # no health information: Envoy still routes to it
-        usable = status == "Healthy"
-        if len(_health_cache) > 4096:
-            _health_cache.clear()
-        _health_cache[info] = usable
-    return usable
-
-
-def candidates(config):
-    """Sorted addresses ("ip:port") of the usable replicas. Request phase."""
-    if hostcalls.has_capability("proxy_get_upstream_hosts"):
-        return sorted(address for address, info in hostcalls.get_upstream_hosts() if usable(info))
-    return list(config.endpoints)
+def host_state(info):
+    """HEALTHY, DEGRADED or UNHEALTHY from a Higress host info JSON; a host
+    without health information is healthy (Envoy routes to it)."""
+    found = _HEALTH_STATUS.search(info)
+    return _STATES.get(found.group(1), UNHEALTHY) if found else HEALTHY
 
 
 def cluster_name():

@@ -1,102 +1,31 @@
 """The HTTP filter: gathers a request's inputs, gets a decision, applies it.
 
-Per stream: strip a client-sent override header; for prefix_cache wait for the
-whole body (paused), extract the prompt and hash it; pick a replica (embedded
-state now, or one Redis round trip while the request stays paused); pin it.
-At the end of the stream, however it ends, the in-flight count is released.
-Whatever fails, the request goes on to the service's own load balancing.
+Per stream: strip a client-sent override header; when the policy needs the
+body (prompt, model, a body hash key) wait for all of it (paused); take the
+usable replicas (health tiers); pick one (embedded state now, or one Redis round
+trip while the request stays paused); pin it and its fallbacks. When the
+response starts, feed passive health; when the stream ends, however it ends,
+release its in-flight count. Whatever fails, the request goes on to the
+service's own load balancing.
 """
 
-import hashlib
 import json
 import math
 import os
 
-from proxywasm import CONTINUE, PAUSE, HttpContext, RootContext, hostcalls, resp
+from proxywasm import CONTINUE, PAUSE, HttpContext, hostcalls, resp
 
-from . import config as lb_config
-from . import endpoint_override, endpoints, llm_request, picking, prefix_hash, redis_state
-from .embedded_inflight import Contention, EmbeddedInflight
-from .embedded_prefix_index import EmbeddedPrefixIndex
-from .least_busy import LeastBusy, NoMetrics
-from .log_limiter import LogLimiter
+from . import endpoint_override, endpoints, llm_request, picking, prefix_hash, redis_state, stats
+from .consistent_hash import bounded_pick
+from .embedded_inflight import Contention
+from .health import DEGRADED, HEALTHY
+from .least_busy import NoMetrics
 from .scheduling import Shed
 
 DECISION_HEADER = "x-ailb-decision"
 LIMIT_MESSAGE = "every replica has maxRequestCount requests in flight"
-
-
-class LoadBalancerRoot(RootContext):
-    config = None
-
-    def on_configure(self, configuration):
-        try:
-            self.config, warnings = lb_config.parse(configuration)
-        except lb_config.ConfigError as exc:
-            hostcalls.log(hostcalls.ERROR, f"ai-load-balancer: invalid configuration: {exc}")
-            return False
-        for warning in warnings:
-            hostcalls.log(hostcalls.WARN, f"ai-load-balancer: configuration: {warning}")
-        cfg = self.config
-        self.limiter = LogLimiter()
-        self.vm_id = os.urandom(6).hex()
-        self.waiting = {}  # context id -> stream paused on a Redis reply
-        self.redis_clusters = set()  # clusters this VM counted requests in (lease renewal)
-        config_id = hashlib.blake2b(configuration, digest_size=6).hexdigest()
-        self.inflight = EmbeddedInflight(f"ailb:inflight:{config_id}", self.vm_id, cfg.lease_s * 1000)
-        self.prefix_index = EmbeddedPrefixIndex(config_id, cfg.index_capacity, cfg.key_ttl_s)
-        self.redis = None
-        self.least_busy = None
-        if cfg.policy == "least_busy":
-            self.least_busy = LeastBusy(cfg.metrics, f"ailb:metrics:{config_id}", self.vm_id)
-        if cfg.policy != "header":
-            self.inflight.create()
-            self._init_redis()
-            hostcalls.set_tick_period_ms(self._tick_ms())
-        state = "" if cfg.policy == "header" else f", state={'redis' if self.redis else 'embedded'}"
-        hostcalls.log(hostcalls.INFO, f"ai-load-balancer: configured, lb_policy={cfg.policy}{state}")
-        return True
-
-    def _init_redis(self):
-        redis = self.config.redis
-        if redis is None:
-            return
-        if not hostcalls.has_capability("proxy_redis_init"):
-            hostcalls.log(hostcalls.WARN, "ai-load-balancer: Redis needs the higress build "
-                                          "(proxy_redis_call); keeping state embedded")
-            return
-        cluster = redis.cluster + (f"?db={redis.database}" if redis.database else "")
-        hostcalls.redis_init(cluster, redis.username, redis.password, redis.timeout_ms)
-        self.redis = cluster
-
-    def _tick_ms(self):
-        period = self.config.lease_s * 1000 // 3
-        if self.redis:
-            period = min(period, max(20, self.config.redis.timeout_ms // 4))
-        if self.least_busy:
-            period = min(period, self.config.metrics.interval_ms)
-        return period
-
-    def learn_cluster(self, cluster):
-        """The routed cluster, seen on a request: scrapes go there unless
-        lb_config.metricsCluster names one."""
-        if self.least_busy and not self.least_busy.scraper.cluster:
-            self.least_busy.scraper.cluster = cluster
-
-    def on_tick(self):
-        now_ms = hostcalls.now_ns() // 1_000_000
-        for stream in list(self.waiting.values()):
-            if now_ms - stream.waiting_since_ms >= self.config.redis.timeout_ms:
-                stream.redis_timed_out()
-        self.inflight.renew(now_ms)
-        if self.least_busy and self.least_busy.scraper.cluster:
-            self.least_busy.scraper.tick(self, self.config.endpoints, now_ms)
-        for cluster in self.redis_clusters:
-            hostcalls.redis_call(self.redis, redis_state.renew_command(
-                cluster, self.vm_id, self.config.lease_s * 1000))
-
-    def new_http_context(self, context_id):
-        return LoadBalancerStream(context_id, self)
+COUNTED = ("global_least_request", "prefix_cache", "least_connections", "consistent_hash")
+METRICS = ("least_busy", "queue_depth")
 
 
 class LoadBalancerStream(HttpContext):
@@ -105,11 +34,13 @@ class LoadBalancerStream(HttpContext):
         self.cfg = root.config
         self.cluster = None
         self.candidates, self.hashes, self.rotation = (), (), 0
-        self.awaiting_body = False    # prefix_cache: paused until the whole body is here
+        self.request = None           # the parsed LLM request, when the body was read
+        self.awaiting_body = False    # paused until the whole body is here
         self.awaiting_redis = False   # paused until Redis answers (or times out)
         self.waiting_since_ms = None
+        self.started_ns = 0
         self.pick = None
-        self.state = None             # "embedded" | "redis": where the decision was made
+        self.state = None             # "embedded" | "redis" | "metrics" | "local"
         self.counted_in = None        # where this request is counted until it ends
 
     # --- phases -------------------------------------------------------------------
@@ -123,14 +54,19 @@ class LoadBalancerStream(HttpContext):
             return CONTINUE
         self.cluster = endpoints.cluster_name()
         self.root.learn_cluster(self.cluster)
-        if self.cfg.policy in ("prefix_cache", "least_busy") and not end_of_stream:
+        if self._needs_body() and not end_of_stream:
             length = hostcalls.get_header(hostcalls.REQUEST_HEADERS, "content-length")
             if length and length.isdigit() and int(length) > self.cfg.max_body_bytes:
                 # Buffering it could hit Envoy's buffer limit (a 413): route it unread.
                 return self._too_large(length)
             self.awaiting_body = True
-            return PAUSE  # the prompt and the model are in the body
-        return self._decide(None)
+            return PAUSE  # what the policy needs is in the body
+        return self._decide()
+
+    def _needs_body(self):
+        cfg = self.cfg
+        return (cfg.policy in ("prefix_cache", "least_busy")
+                or (cfg.policy == "consistent_hash" and cfg.hash_key[0] == "body"))
 
     def on_request_body(self, body_size, end_of_stream):
         if not self.awaiting_body:
@@ -142,20 +78,29 @@ class LoadBalancerStream(HttpContext):
             return PAUSE  # buffer until the whole body is here
         self.awaiting_body = False
         body = hostcalls.get_buffer(hostcalls.REQUEST_BODY, 0, body_size)
-        try:
-            request = llm_request.parse(body)
-        except llm_request.NotAnLLMRequest as exc:
-            self.root.limiter.log(hostcalls.DEBUG, "not llm", f"no prompt to match: {exc}")
-            request = None
-        return self._decide(request)
+        if self.cfg.policy == "consistent_hash":
+            self.hash_body = body
+        else:
+            try:
+                self.request = llm_request.parse(body)
+            except llm_request.NotAnLLMRequest as exc:
+                self.root.limiter.log(hostcalls.DEBUG, "not llm", f"no prompt to match: {exc}")
+        return self._decide()
 
     def _too_large(self, size):
         self.root.limiter.log(hostcalls.WARN, "large body", f"body of {size} bytes is over "
                               f"maxBodyBytes; routing it without its prompt")
-        return self._decide(None)
+        return self._decide()
 
     def on_response_headers(self, num_headers, end_of_stream):
-        if self.cfg.debug_header and self.pick:
+        if self.pick is None:
+            return CONTINUE
+        status = hostcalls.get_header(hostcalls.RESPONSE_HEADERS, ":status") or ""
+        served = hostcalls.get_property(["upstream", "address"])  # after retries: who answered
+        address = served.decode() if served else self.pick.address
+        self.root.health.observe(address, status.startswith("5"),
+                                 hostcalls.now_ns() // 1_000_000)
+        if self.cfg.debug_header:
             p = self.pick
             hostcalls.replace_header(
                 hostcalls.RESPONSE_HEADERS, DECISION_HEADER,
@@ -175,22 +120,52 @@ class LoadBalancerStream(HttpContext):
 
     # --- deciding -----------------------------------------------------------------
 
-    def _decide(self, request):
-        if self.cfg.policy == "least_busy":
-            return self._decide_least_busy(request)
-        candidates = endpoints.candidates(self.cfg)
+    def _decide(self):
+        self.started_ns = now_ns = hostcalls.now_ns()
+        candidates, tier, hosts = self.root.candidates(now_ns // 1_000_000)
         if not candidates:
-            self.root.limiter.log(hostcalls.WARN, "no endpoints", "no usable endpoint known; "
-                                  "the service's load balancing decides")
-            return CONTINUE
-        if request is not None and self.cfg.policy == "prefix_cache":
-            self.hashes = prefix_hash.block_hashes(request.cache_namespace, request.prompt,
-                                                   self.cfg.block_size, self.cfg.max_blocks)
+            return self._all_down()
+        if tier == DEGRADED:
+            self.root.limiter.log(hostcalls.WARN, "degraded", "no healthy replica; using "
+                                  "degraded ones")
         self.candidates = candidates
         self.rotation = int.from_bytes(os.urandom(2), "little")
-        if self.root.redis:
-            return self._ask_redis()
-        return self._decide_embedded()
+        policy = self.cfg.policy
+        if self.request is not None and (policy == "prefix_cache" or (
+                policy == "least_busy" and self.root.least_busy.uses_prefix)):
+            self.hashes = prefix_hash.block_hashes(self.request.cache_namespace,
+                                                   self.request.prompt, self.cfg.block_size,
+                                                   self.cfg.max_blocks)
+        if policy in METRICS:
+            return self._decide_by_metrics(hosts)
+        if policy in COUNTED:
+            if self.root.redis:
+                return self._ask_redis()
+            return self._decide_embedded()
+        return self._decide_stateless()
+
+    def _all_down(self):
+        stats.count("ailb.fallbacks.no_usable_replica")
+        if self.cfg.all_down == "503":
+            return self._reject(503, "no replica of this service is available",
+                                "service_unavailable")
+        self.root.limiter.log(hostcalls.WARN, "all down", "no usable replica; the service's "
+                              "load balancing decides")
+        return CONTINUE
+
+    def _decide_stateless(self):
+        """round_robin, weighted_round_robin, random: no shared state needed."""
+        policy, candidates = self.cfg.policy, self.candidates
+        if policy == "round_robin":
+            self.root.round_robin += 1
+            address = candidates[self.root.round_robin % len(candidates)]
+        elif policy == "weighted_round_robin":
+            weights = dict(self.cfg.weights)
+            address = self.root.wrr.next({a: weights.get(a, 1) for a in candidates})
+        else:
+            address = candidates[self.rotation % len(candidates)]
+        self.state = "local"
+        return self._apply(picking.Pick(address, 0, 0, policy))
 
     def _decide_embedded(self):
         now_ns = hostcalls.now_ns()
@@ -204,14 +179,19 @@ class LoadBalancerStream(HttpContext):
             if cfg.policy == "prefix_cache":
                 return picking.prefix_match(eligible, inflight, matched, cfg.max_load_gap,
                                             self.rotation, self._min_blocks())
+            if cfg.policy == "consistent_hash":
+                address, reason = bounded_pick(self.root.ring(eligible), self._hash_key(),
+                                               inflight, cfg.hash_load_factor)
+                return picking.Pick(address, inflight.get(address, 0), 0, reason)
             return picking.least_request(eligible, inflight, self.rotation)
 
         self.state = "embedded"
         try:
             pick = self.root.inflight.take(choose, now_ns // 1_000_000)
         except redis_state.LimitReached:
-            return self._reject(LIMIT_MESSAGE)
+            return self._reject(429, LIMIT_MESSAGE, "rate_limit_exceeded")
         except Contention as exc:
+            stats.count("ailb.fallbacks.contention")
             self.root.limiter.log(hostcalls.WARN, "contention", str(exc))
             return CONTINUE
         self.counted_in = "embedded"
@@ -220,31 +200,37 @@ class LoadBalancerStream(HttpContext):
             self.root.prefix_index.record(self.hashes, pick.address, now_ns // 1_000_000_000, held)
         return self._apply(pick)
 
-    def _decide_least_busy(self, request):
+    def _hash_key(self):
+        kind, name = self.cfg.hash_key
+        if kind == "header":
+            return hostcalls.get_header(hostcalls.REQUEST_HEADERS, name) or ""
+        try:
+            value = json.loads(getattr(self, "hash_body", b"") or b"{}").get(name, "")
+        except (ValueError, AttributeError):
+            value = ""
+        return value if isinstance(value, str) else json.dumps(value)
+
+    def _decide_by_metrics(self, hosts):
         lb = self.root.least_busy
         now_ns = hostcalls.now_ns()
         now_ms, now_s = now_ns // 1_000_000, now_ns // 1_000_000_000
-        if hostcalls.has_capability("proxy_get_upstream_hosts"):
-            hosts = hostcalls.get_upstream_hosts()
-            addresses = sorted(a for a, info in hosts if endpoints.usable(info))
-            metrics = lb.scraper.from_upstream_hosts(hosts, now_ms) or lb.scraper.snapshot(now_ms)
-        else:
-            addresses, metrics = list(self.cfg.endpoints), lb.scraper.snapshot(now_ms)
+        metrics = ((hosts and lb.scraper.from_upstream_hosts(hosts, now_ms))
+                   or lb.scraper.snapshot(now_ms))
         matched, aging = {}, False
-        if request is not None and lb.uses_prefix:
-            self.hashes = prefix_hash.block_hashes(request.cache_namespace, request.prompt,
-                                                   self.cfg.block_size, self.cfg.max_blocks)
+        if self.hashes:
             matched, aging = self.root.prefix_index.matches(self.hashes, now_s)
-        rotation = int.from_bytes(os.urandom(2), "little")
+        model = self.request.model if self.request else ""
         try:
-            pick = lb.choose(metrics, addresses, request.model if request else "",
-                             len(self.hashes), matched, rotation)
+            pick = lb.choose(metrics, self.candidates, model, len(self.hashes), matched,
+                             self.rotation)
         except NoMetrics:
+            stats.count("ailb.fallbacks.no_metrics")
             self.root.limiter.log(hostcalls.WARN, "no metrics", "no replica has fresh metrics; "
                                   "the service's load balancing decides")
             return CONTINUE
         except Shed:
-            return self._reject("no replica has capacity for this sheddable request")
+            return self._reject(429, "no replica has capacity for this sheddable request",
+                                "rate_limit_exceeded")
         self.state = "metrics"
         if self.hashes:
             held = 0 if aging else matched.get(pick.address, 0)
@@ -254,6 +240,8 @@ class LoadBalancerStream(HttpContext):
     def _min_blocks(self):
         """The shortest prefix match that counts (minMatchRatio of the prompt)."""
         return math.ceil(self.cfg.min_match_ratio * len(self.hashes))
+
+    # --- Redis ------------------------------------------------------------------------
 
     def _ask_redis(self):
         gap = self.cfg.max_load_gap if self.cfg.policy == "prefix_cache" else -1
@@ -291,7 +279,7 @@ class LoadBalancerStream(HttpContext):
         hostcalls.set_effective_context(self.context_id)
         if pick == "limit":
             self.state = "redis"
-            self._reject(LIMIT_MESSAGE)
+            self._reject(429, LIMIT_MESSAGE, "rate_limit_exceeded")
             return
         if pick is None:
             self._redis_failed(failure)
@@ -313,6 +301,7 @@ class LoadBalancerStream(HttpContext):
             self.resume_request()
 
     def _redis_failed(self, why):
+        stats.count("ailb.redis.errors")
         self.root.limiter.log(hostcalls.WARN, "redis", f"Redis unusable ({why}); "
                               f"deciding on the gateway's own state")
 
@@ -326,18 +315,28 @@ class LoadBalancerStream(HttpContext):
     # --- applying -----------------------------------------------------------------
 
     def _apply(self, pick):
+        """Pins the pick, then up to `failoverEndpoints` other usable replicas
+        (Envoy's retries take them in order; Higress pins one host)."""
         self.pick = pick
-        endpoint_override.pin([pick.address])
+        n = len(self.candidates)
+        others = [self.candidates[(self.rotation + i) % n] for i in range(n)]
+        fallbacks = [a for a in others if a != pick.address][:self.cfg.failover]
+        endpoint_override.pin([pick.address] + fallbacks)
+        stats.count(f"ailb.decisions.{self.cfg.policy}.{pick.reason}")
+        stats.count(f"ailb.endpoint.{stats.label(pick.address)}.requests")
+        if self.cfg.policy == "prefix_cache":
+            stats.count("ailb.prefix.hits" if pick.reason == "prefix_match" else "ailb.prefix.misses")
+        stats.record("ailb.decision_us", (hostcalls.now_ns() - self.started_ns) // 1000)
         if self.cfg.detail_log:
             hostcalls.log(hostcalls.INFO, f"ai-load-balancer: {self.cluster} -> {pick.address} "
                                           f"({pick.reason}, {pick.matched_blocks} blocks matched, "
                                           f"{pick.inflight} in flight, {self.state})")
         return CONTINUE
 
-    def _reject(self, message):
-        """A local 429 in OpenAI's error format."""
-        body = json.dumps({"error": {"message": message, "type": "rate_limit_exceeded",
-                                     "param": None, "code": 429}})
-        self.send_local_response(429, body, [("content-type", "application/json")],
-                                 "ai_load_balancer_429")
+    def _reject(self, status, message, kind):
+        """A local reply in OpenAI's error format (429 limits, 503 all down)."""
+        body = json.dumps({"error": {"message": message, "type": kind, "param": None,
+                                     "code": status}})
+        self.send_local_response(status, body, [("content-type", "application/json")],
+                                 f"ai_load_balancer_{status}")
         return PAUSE

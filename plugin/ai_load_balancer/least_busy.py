@@ -4,7 +4,7 @@ Owned by the root context: the scraper runs from the root's tick; choose() runs
 per request with what the stream gathered (model, prefix matches).
 """
 
-from . import scheduling
+from . import replica_metrics, scheduling
 from .metrics_scraper import MetricsScraper
 from .picking import Pick
 from .recent_share import RecentShare
@@ -19,9 +19,13 @@ class LeastBusy:
         self.cfg = metrics_config
         extra = (metrics_config.target_metric,) if metrics_config.metric_policy in (
             "least", "most") else ()
+        reader = None
+        if metrics_config.json_field:  # queue_depth: a JSON status endpoint
+            field = metrics_config.json_field
+            reader = lambda body, now_ms: replica_metrics.from_status_json(body, now_ms, field)
         self.scraper = MetricsScraper(key, vm_id, metrics_config.cluster, metrics_config.path,
                                       metrics_config.interval_ms, metrics_config.timeout_ms,
-                                      metrics_config.staleness_ms, extra)
+                                      metrics_config.staleness_ms, extra, reader)
         self.thresholds = scheduling.Thresholds(metrics_config.queue_critical,
                                                 metrics_config.queue_lora,
                                                 metrics_config.kv_cache_threshold)

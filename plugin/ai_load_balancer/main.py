@@ -2,6 +2,6 @@
 
 from proxywasm import set_root_context
 
-from .lb_filter import LoadBalancerRoot
+from .lb_root import LoadBalancerRoot
 
 set_root_context(LoadBalancerRoot)

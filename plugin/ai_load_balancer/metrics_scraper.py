@@ -51,7 +51,7 @@ MAX_BODY_BYTES = 16 * 1024 * 1024  # a larger /metrics body is not parsed (a fai
 
 class MetricsScraper:
     def __init__(self, key, vm_id, cluster, path="/metrics", interval_ms=1000, timeout_ms=1000,
-                 staleness_ms=5000, extra_names=()):
+                 staleness_ms=5000, extra_names=(), reader=None):
         self.key = key
         self.vm_id = str(vm_id)
         self.cluster = cluster
@@ -60,6 +60,9 @@ class MetricsScraper:
         self.timeout_ms = max(1, int(timeout_ms))
         self.staleness_ms = int(staleness_ms)
         self.extra_names = tuple(extra_names)
+        # body, now_ms -> ReplicaMetrics or None: Prometheus text unless told otherwise.
+        self.reader = reader or (lambda body, now_ms: replica_metrics.from_text(
+            body, now_ms, self.extra_names))
         self.lease_ms = 3 * self.interval_ms
         self._lease = LeaderLease(key + ":lease", self.vm_id, self.lease_ms)
         self.limiter = LogLimiter()
@@ -177,7 +180,7 @@ class MetricsScraper:
             self._record_failure(address, f"body of {body_size} bytes is too large", now_ms)
             return
         body = hostcalls.get_buffer(hostcalls.HTTP_CALL_RESPONSE_BODY, 0, body_size)
-        metrics = replica_metrics.from_text(body, now_ms, self.extra_names)
+        metrics = self.reader(body, now_ms)
         if metrics is None:
             self._record_failure(address, "no known metrics in the body", now_ms)
             return

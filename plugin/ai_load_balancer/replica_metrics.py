@@ -144,6 +144,21 @@ def _whole(value):
 
 # --- compact form for shared data ------------------------------------------------
 
+def from_status_json(body, scraped_at_ms, field):
+    """ReplicaMetrics from a JSON status body whose dotted `field` (e.g.
+    "queue_depth" or "stats.waiting") is the replica's queue; None if absent."""
+    try:
+        value = json.loads(body)
+        for part in field.split("."):
+            value = value[part]
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return None
+    return ReplicaMetrics(float(value), 0.0, 0.0, frozenset(), frozenset(), 0, scraped_at_ms,
+                          (("waiting", float(value)),))
+
+
 def to_json(m):
     """A JSON-ready list: [waiting, running, kv_cache_usage, "active,adapters",
     "waiting,adapters", max_adapters, scraped_at_ms, [[name, value], ...]]."""
