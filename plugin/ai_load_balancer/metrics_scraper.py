@@ -40,7 +40,7 @@ import json
 from proxywasm import hostcalls
 from proxywasm.abi import CasMismatch
 
-from . import replica_metrics
+from . import replica_metrics, stats
 from .leader_lease import LeaderLease
 from .log_limiter import LogLimiter
 
@@ -191,6 +191,7 @@ class MetricsScraper:
         self._set_entry(address, [metrics, 0, entry[2] if entry is not None else 0])
 
     def _record_failure(self, address, why, now_ms):
+        stats.count("ailb.scrape.failures")
         entry = self._entries.get(address)
         metrics, failures = (entry[0], entry[1]) if entry is not None else (None, 0)
         self._log(hostcalls.WARN, "scrape " + address,
