@@ -33,3 +33,67 @@ def test_documented_config_is_accepted(doc):
 
 def test_docs_have_examples():
     assert len(list(examples())) >= 4
+
+
+# --- Higress manifests and the docker-compose harness ------------------------------------
+
+HIGRESS = os.path.join(ROOT, "higress")
+COMPOSE = os.path.join(ROOT, "envoy-test", "docker-compose.yaml")
+COMPOSE_ENVOY = os.path.join(ROOT, "envoy-test", "compose", "envoy.yaml")
+
+
+def load_yaml(path):
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def wasm_plugins():
+    for path in sorted(glob.glob(os.path.join(HIGRESS, "*.yaml"))):
+        doc = load_yaml(path)
+        if doc.get("kind") == "WasmPlugin":
+            yield pytest.param(doc, id=os.path.basename(path))
+
+
+@pytest.mark.parametrize("plugin", list(wasm_plugins()))
+def test_wasmplugin_manifest_is_complete_and_its_configs_accepted(plugin):
+    assert plugin["apiVersion"] == "extensions.higress.io/v1alpha1"
+    spec = plugin["spec"]
+    assert spec["url"].startswith("oci://") and spec["failStrategy"] == "FAIL_OPEN"
+    assert "phase" in spec and isinstance(spec["priority"], int)
+    configs = [rule["config"] for rule in spec.get("matchRules", [])]
+    if "defaultConfig" in spec:
+        configs.append(spec["defaultConfig"])
+    assert configs
+    for doc in configs:
+        _, warnings = config.parse(json.dumps(doc).encode())
+        assert warnings == []
+
+
+def test_redis_service_registration_matches_the_manifests():
+    bridge = load_yaml(os.path.join(HIGRESS, "redis-mcpbridge.yaml"))
+    registry = bridge["spec"]["registries"][0]
+    assert bridge["kind"] == "McpBridge" and registry["type"] == "static"
+    for param in wasm_plugins():
+        for rule in param.values[0]["spec"]["matchRules"]:
+            lb = rule["config"]["lb_config"]
+            if "serviceFQDN" in lb:
+                assert lb["serviceFQDN"] == f"{registry['name']}.static"
+                assert lb["servicePort"] == registry["port"]
+
+
+def test_compose_harness_and_its_envoy_config_agree():
+    compose = load_yaml(COMPOSE)
+    envoy = load_yaml(COMPOSE_ENVOY)
+    wasm = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"]["http_filters"][0]["typed_config"]["config"]
+    plugin_config, warnings = config.parse(wasm["configuration"]["value"].encode())
+    assert warnings == []
+    replicas = [f"{s['networks']['llm']['ipv4_address']}:8000"
+                for name, s in compose["services"].items() if name.startswith("replica-")]
+    assert sorted(plugin_config.endpoints) == sorted(replicas)
+    cluster = envoy["static_resources"]["clusters"][0]
+    listed = [f"{e['endpoint']['address']['socket_address']['address']}:"
+              f"{e['endpoint']['address']['socket_address']['port_value']}"
+              for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]]
+    assert sorted(listed) == sorted(replicas)
+    assert wasm["allow_on_headers_stop_iteration"] is True
