@@ -119,3 +119,29 @@ def test_frozen_table_lists_every_module_with_its_package_flag(tmp_path):
 
 def test_this_python_writes_the_wasm_bytecode():
     freeze.check_python()  # raises SystemExit on a Python other than 3.11
+
+
+def test_higress_image_layout_holds_the_plugin_and_is_reproducible(tmp_path):
+    import gzip
+    import hashlib
+    import io
+    import json
+    import tarfile
+    sys.path.insert(0, os.path.join(ROOT, "higress"))
+    import build_image
+    wasm = tmp_path / "plugin-in.wasm"
+    wasm.write_bytes(b"\0asm\x01\0\0\0" + b"x" * 1000)
+    first = build_image.build(str(wasm), str(tmp_path / "a"), "t")
+    second = build_image.build(str(wasm), str(tmp_path / "b"), "t")
+    assert first["digest"] == second["digest"]
+    blobs = tmp_path / "a" / "blobs" / "sha256"
+    manifest = json.loads((blobs / first["digest"].split(":")[1]).read_bytes())
+    layer = (blobs / manifest["layers"][0]["digest"].split(":")[1]).read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer))) as tar:
+        assert tar.getnames() == ["plugin.wasm"]
+        assert tar.extractfile("plugin.wasm").read() == wasm.read_bytes()
+    config = json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_bytes())
+    assert config["rootfs"]["diff_ids"] == [
+        "sha256:" + hashlib.sha256(gzip.decompress(layer)).hexdigest()]
+    index = json.loads((tmp_path / "a" / "index.json").read_text())
+    assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "t"
