@@ -85,8 +85,8 @@ def main():
     cases = [("header", None), ("global_least_request", None),
              ("prefix_cache", body_of(1024)), ("prefix_cache", body_of(30 * 1024)),
              ("least_busy:8", body_of(1024)), ("least_busy:128", body_of(1024))]
-    print(f"| policy | body | native us/request | wasm us/request |")
-    print(f"|---|---:|---:|---:|")
+    print("| policy | body | native us/request | wasm us/request |")
+    print("|---|---:|---:|---:|")
     for policy, body in cases:
         native = measure("native", policy, body, args.requests)
         wasm = measure("wasm", policy, body, args.requests)

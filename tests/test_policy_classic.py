@@ -7,7 +7,7 @@ import json
 import pytest
 
 from proxywasm.context import CONTINUE, PAUSE
-from tests.llm_traffic import (CLUSTER, REPLICAS, chat_body, decision, embedded_inflight,
+from tests.llm_traffic import (CLUSTER, REPLICAS, chat_body, embedded_inflight,
                                fallbacks, finish, pinned, send, start)
 
 

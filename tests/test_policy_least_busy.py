@@ -4,7 +4,6 @@ controls; the plugin scrapes them (timer + http_call, for real) and routes by th
 import json
 import os
 
-import pytest
 
 from proxywasm.context import CONTINUE, PAUSE
 from tests.llm_traffic import CLUSTER, chat_body, decision, finish, pinned, send

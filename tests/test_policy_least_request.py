@@ -5,7 +5,6 @@ import socket
 import threading
 import time
 
-import pytest
 
 from proxywasm.context import CONTINUE, PAUSE
 from tests.llm_traffic import (REPLICAS, clear_redis, decision, embedded_inflight, finish,

@@ -7,10 +7,11 @@ message that starts with the field's path, e.g. "lb_config.servicePort: ...".
 import json
 from dataclasses import dataclass
 
+from . import simple_policies
 from .scheduling import DEFAULT_WEIGHTS, SCORERS
 
-CLASSIC_POLICIES = ("round_robin", "weighted_round_robin", "random", "least_connections",
-                    "consistent_hash", "queue_depth")
+CLASSIC_POLICIES = tuple(simple_policies.POLICIES) + ("least_connections", "consistent_hash",
+                                                      "queue_depth")
 POLICIES = ("header", "global_least_request", "prefix_cache", "least_busy") + CLASSIC_POLICIES
 # Higress's newer names for least_busy.
 ALIASES = {"endpoint_metrics": "least_busy", "metrics_based": "least_busy"}

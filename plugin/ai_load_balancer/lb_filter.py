@@ -15,10 +15,11 @@ import os
 
 from proxywasm import CONTINUE, PAUSE, HttpContext, hostcalls, resp
 
-from . import endpoint_override, endpoints, llm_request, picking, prefix_hash, redis_state, stats
+from . import (endpoint_override, endpoints, llm_request, picking, prefix_hash, redis_state,
+               simple_policies, stats)
 from .consistent_hash import bounded_pick
 from .embedded_inflight import Contention
-from .health import DEGRADED, HEALTHY
+from .health import DEGRADED
 from .least_busy import NoMetrics
 from .scheduling import Shed
 
@@ -154,18 +155,11 @@ class LoadBalancerStream(HttpContext):
         return CONTINUE
 
     def _decide_stateless(self):
-        """round_robin, weighted_round_robin, random: no shared state needed."""
-        policy, candidates = self.cfg.policy, self.candidates
-        if policy == "round_robin":
-            self.root.round_robin += 1
-            address = candidates[self.root.round_robin % len(candidates)]
-        elif policy == "weighted_round_robin":
-            weights = dict(self.cfg.weights)
-            address = self.root.wrr.next({a: weights.get(a, 1) for a in candidates})
-        else:
-            address = candidates[self.rotation % len(candidates)]
+        """A simple_policies policy: no shared state needed."""
+        pick = simple_policies.POLICIES[self.cfg.policy]
+        address = pick(self.root, self.candidates, self.rotation)
         self.state = "local"
-        return self._apply(picking.Pick(address, 0, 0, policy))
+        return self._apply(picking.Pick(address, 0, 0, self.cfg.policy))
 
     def _decide_embedded(self):
         now_ns = hostcalls.now_ns()
