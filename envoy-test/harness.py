@@ -329,8 +329,12 @@ class Listener:
     cluster: str = "backend"
     wasm: WasmFilter = None
     route_timeout_s: float = 15.0
+    retry_policy: dict = None      # the route's retry_policy, e.g. retry_policy(2)
 
     def render(self):
+        route = {"cluster": self.cluster, "timeout": f"{self.route_timeout_s}s"}
+        if self.retry_policy:
+            route["retry_policy"] = self.retry_policy
         http_filters = [self.wasm.render()] if self.wasm else []
         http_filters.append({"name": "envoy.filters.http.router", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
@@ -345,13 +349,17 @@ class Listener:
                     "stat_prefix": self.name,
                     "route_config": {"name": f"{self.name}_route", "virtual_hosts": [{
                         "name": "all", "domains": ["*"],
-                        "routes": [{"match": {"prefix": "/"},
-                                    "route": {"cluster": self.cluster,
-                                              "timeout": f"{self.route_timeout_s}s"}}]}]},
+                        "routes": [{"match": {"prefix": "/"}, "route": route}]}]},
                     "http_filters": http_filters,
                 },
             }]}],
         }
+
+
+def retry_policy(num_retries, retry_on="connect-failure,refused-stream,reset,5xx"):
+    """A route retry policy: Envoy retries on the next address of the plugin's
+    override list (x-gateway-destination-endpoint: primary,fallback1,...)."""
+    return {"retry_on": retry_on, "num_retries": num_retries}
 
 
 @dataclasses.dataclass
@@ -404,14 +412,16 @@ class EnvoyConfig:
     @classmethod
     def simple(cls, endpoints, wasm_path=None, plugin_config=None, fail_open=True,
                concurrency=1, fallback_policy="round_robin", listener_port=0, admin_port=0,
-               override_host=True, **wasm_kwargs):
+               override_host=True, retry_policy=None, **wasm_kwargs):
         """One listener ("main") -> one cluster ("backend") of `endpoints`, with the
-        wasm filter when `wasm_path` is given."""
+        wasm filter when `wasm_path` is given, and the route's `retry_policy`
+        (a dict, e.g. harness.retry_policy(2)) when given."""
         wasm = None
         if wasm_path:
             wasm = WasmFilter(wasm_path, plugin_config if plugin_config is not None else "{}",
                               fail_open=fail_open, **wasm_kwargs)
-        return cls(listeners=[Listener("main", listener_port, "backend", wasm)],
+        return cls(listeners=[Listener("main", listener_port, "backend", wasm,
+                                       retry_policy=retry_policy)],
                    clusters=[Cluster(list(endpoints), "backend", fallback_policy, override_host)],
                    admin_port=admin_port, concurrency=concurrency)
 

@@ -219,3 +219,27 @@ def test_decisions_are_counted_in_plugin_stats(make_host):
     assert host.get_counter_metric("ailb.decisions.prefix_cache.prefix_match") == 2
     assert host.get_counter_metric("ailb.decisions.prefix_cache.least_request") == 1
     assert len(host.get_metric("ailb.decision_us").samples) == 3
+
+
+def test_without_active_checks_ejection_repeats_with_a_growing_back_off(make_host):
+    host = start(make_host, "round_robin", endpoints=REPLICAS[:2],
+                 healthCheck={"enabled": False, "consecutiveErrors": 2, "baseEjectionTime": 1000})
+    bad, now = REPLICAS[0], [host.now_ns()]
+    host.now_ns = lambda: now[0]
+
+    def traffic(requests):
+        for _ in range(requests):
+            cid, _ = send(host)
+            failed = pinned(host, cid) == bad
+            host.call_on_response_headers(cid, [(":status", "503" if failed else "200")],
+                                          end_of_stream=True)
+            host.complete_http_context(cid)
+
+    traffic(6)
+    assert any(f"{bad} is unhealthy: 2 failed requests in a row; ejected for 1000 ms" in m
+               for m in host.get_logs())
+    assert bad not in spread(host, 6)
+    now[0] += 1_100_000_000  # the back-off is over: it rejoins by itself...
+    traffic(6)
+    assert any(f"{bad} is healthy: ejection over" in m for m in host.get_logs())
+    assert any("ejected for 2000 ms" in m for m in host.get_logs())  # ...and a repeat doubles

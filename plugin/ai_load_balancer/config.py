@@ -60,6 +60,7 @@ class LBConfig:
 @dataclass(frozen=True, slots=True)
 class HealthConfig:
     active: bool = True                    # probe each replica (stock Envoy)
+    cluster: str = ""                      # Envoy cluster for probes ("": the routed one)
     path: str = "/health"
     interval_ms: int = 5000
     timeout_ms: int = 1000
@@ -174,6 +175,7 @@ def _health(lb):
         raise ConfigError("lb_config.healthCheck.degradedStatuses: must be a list of status codes")
     health = HealthConfig(
         active=hc.boolean("enabled", True),
+        cluster=hc.string("cluster", lb.value("metricsCluster", "") or ""),
         path=hc.string("path", "/health", empty=False),
         interval_ms=hc.number("interval", 5000, low=50),
         timeout_ms=hc.number("timeout", 1000, low=10),

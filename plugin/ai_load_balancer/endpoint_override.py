@@ -18,8 +18,10 @@ def strip_client_override():
 
 def pin(addresses):
     """Routes this request to addresses[0], falling back to the rest in order.
-    Request phase, before the request is routed."""
+    Request phase, before the request is routed. Returns the addresses pinned,
+    in the order Envoy tries them (Higress: the first only)."""
     if hostcalls.has_capability("proxy_set_upstream_override_host"):
         hostcalls.set_upstream_override_host(addresses[0])
-    else:
-        hostcalls.replace_header(hostcalls.REQUEST_HEADERS, OVERRIDE_HEADER, ",".join(addresses))
+        return addresses[:1]
+    hostcalls.replace_header(hostcalls.REQUEST_HEADERS, OVERRIDE_HEADER, ",".join(addresses))
+    return list(addresses)

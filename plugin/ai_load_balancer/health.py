@@ -68,14 +68,31 @@ class Health:
     def observe(self, address, failed, now_ms):
         """A real request to `address` failed (5xx, connect failure) or succeeded."""
         entry = self.table().get(address)
-        if not failed and (entry is None or entry[3] == 0):
+        if not failed and (entry is None or (entry[3] == 0 and not self._forgives(entry, now_ms)
+                                             and not self._rejoins(entry, now_ms))):
             return  # nothing to reset: no write on the common path
         self._update(address, lambda e: self._passive(address, e, failed, now_ms))
 
+    def _rejoins(self, e, now_ms):
+        """An ejected replica whose back-off is over, with no probe to bring it back."""
+        return e is not None and e[0] == UNHEALTHY and not self.cfg.active and e[4] <= now_ms
+
+    def _forgives(self, e, now_ms):
+        """Serving well for maxEjectionTime after its last ejection ended halves
+        a replica's next back-off (one offence forgiven)."""
+        return e[5] > 0 and e[0] != UNHEALTHY and now_ms - e[4] > self.cfg.max_ejection_ms
+
     def _passive(self, address, e, failed, now_ms):
+        why = None
+        if self._rejoins(e, now_ms):
+            e[0], e[3] = HEALTHY, 0
+            why = "ejection over"
         if not failed:
             e[3] = 0
-            return None
+            if self._forgives(e, now_ms):
+                e[5] -= 1
+                e[4] = now_ms  # the next forgiveness is one more maxEjectionTime away
+            return why
         e[3] += 1
         if e[3] >= self.cfg.consecutive_errors and e[0] != UNHEALTHY:
             e[5] += 1
@@ -83,7 +100,7 @@ class Health:
             e[0], e[4], e[3], e[2] = UNHEALTHY, now_ms + backoff, 0, 0
             return (f"{self.cfg.consecutive_errors} failed requests in a row; "
                     f"ejected for {backoff} ms")
-        return None
+        return why
 
     # --- active: the elected VM, from the root's tick ----------------------------------------
 

@@ -41,6 +41,7 @@ class LoadBalancerStream(HttpContext):
         self.waiting_since_ms = None
         self.started_ns = 0
         self.pick = None
+        self.pinned = ()              # the addresses pinned, in the order Envoy tries them
         self.state = None             # "embedded" | "redis" | "metrics" | "local"
         self.counted_in = None        # where this request is counted until it ends
 
@@ -99,8 +100,15 @@ class LoadBalancerStream(HttpContext):
         status = hostcalls.get_header(hostcalls.RESPONSE_HEADERS, ":status") or ""
         served = hostcalls.get_property(["upstream", "address"])  # after retries: who answered
         address = served.decode() if served else self.pick.address
-        self.root.health.observe(address, status.startswith("5"),
-                                 hostcalls.now_ns() // 1_000_000)
+        now_ms = hostcalls.now_ns() // 1_000_000
+        if address != self.pick.address:
+            # Envoy retried: the pinned addresses tried before the one that answered
+            # failed (its attempts follow the override list in order).
+            tried = self.pinned[:self.pinned.index(address)] if address in self.pinned \
+                else self.pinned
+            for failed in tried:
+                self.root.health.observe(failed, True, now_ms)
+        self.root.health.observe(address, status.startswith("5"), now_ms)
         if self.cfg.debug_header:
             p = self.pick
             hostcalls.replace_header(
@@ -315,7 +323,7 @@ class LoadBalancerStream(HttpContext):
         n = len(self.candidates)
         others = [self.candidates[(self.rotation + i) % n] for i in range(n)]
         fallbacks = [a for a in others if a != pick.address][:self.cfg.failover]
-        endpoint_override.pin([pick.address] + fallbacks)
+        self.pinned = endpoint_override.pin([pick.address] + fallbacks)
         stats.count(f"ailb.decisions.{self.cfg.policy}.{pick.reason}")
         stats.count(f"ailb.endpoint.{stats.label(pick.address)}.requests")
         if self.cfg.policy == "prefix_cache":

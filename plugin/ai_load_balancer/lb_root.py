@@ -50,6 +50,7 @@ class LoadBalancerRoot(RootContext):
                                          cfg.lease_s * 1000)
         self.prefix_index = EmbeddedPrefixIndex(config_id, cfg.index_capacity, cfg.key_ttl_s)
         self.health = Health(cfg.health, f"ailb:health:{config_id}", self.vm_id)
+        self.health.cluster = cfg.health.cluster
         if cfg.policy in METRICS_POLICIES:
             self.least_busy = LeastBusy(cfg.metrics, f"ailb:metrics:{config_id}", self.vm_id)
         self.inflight.create()

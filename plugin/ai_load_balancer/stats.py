@@ -1,5 +1,5 @@
-"""The plugin's own metrics, in Envoy's stats (`/stats/prometheus` shows them
-as `wasmcustom_ailb_...`). Defined lazily by name, once per VM; names carry
+"""The plugin's own metrics, in Envoy's stats (`/stats` shows them as
+`wasmcustom.ailb...`, `/stats/prometheus` as `ailb_...`). Defined lazily by name, once per VM; names carry
 their labels as dotted parts, e.g. ailb.decisions.prefix_cache.prefix_match.
 
 Counters: ailb.decisions.<policy>.<reason>, ailb.endpoint.<address>.requests,

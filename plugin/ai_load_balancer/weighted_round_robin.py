@@ -1,4 +1,4 @@
-"""Smooth weighted round robin (nginx's): weights 3, 2, 1 give A B A C A B, not
+"""Smooth weighted round robin (nginx's): weights 3, 2, 1 give A B A C B A, not
 A A A B B C. Per VM; every worker spreads its own share the same way."""
 
 
