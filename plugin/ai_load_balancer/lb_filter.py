@@ -36,6 +36,7 @@ class LoadBalancerStream(HttpContext):
         self.cluster = None
         self.candidates, self.hashes, self.rotation = (), (), 0
         self.request = None           # the parsed LLM request, when the body was read
+        self.hash_body = b""          # consistent_hash by a body field: the raw body
         self.awaiting_body = False    # paused until the whole body is here
         self.awaiting_redis = False   # paused until Redis answers (or times out)
         self.waiting_since_ms = None
@@ -207,7 +208,7 @@ class LoadBalancerStream(HttpContext):
         if kind == "header":
             return hostcalls.get_header(hostcalls.REQUEST_HEADERS, name) or ""
         try:
-            value = json.loads(getattr(self, "hash_body", b"") or b"{}").get(name, "")
+            value = json.loads(self.hash_body or b"{}").get(name, "")
         except (ValueError, AttributeError):
             value = ""
         return value if isinstance(value, str) else json.dumps(value)
