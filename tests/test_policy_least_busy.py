@@ -167,3 +167,18 @@ def test_higress_metrics_from_upstream_hosts(make_host):
     action, d = route(host, chat_body("x"))
     assert action == CONTINUE and d["address"] == "10.0.0.2:8000"
     assert host.get_override_host(send(host, chat_body("y"))[0]) == "10.0.0.2:8000"
+
+
+def test_requests_between_two_scrapes_do_not_herd(make_host, make_http_server):
+    fleet = Fleet(make_http_server, 4)
+    for i in range(4):
+        fleet.set(i, vllm_metrics(0, running=0))
+    host = start(make_host, fleet)
+    scrape(host)
+    held = [send(host, chat_body(f"q{i}"))[0] for i in range(8)]  # no scrape meanwhile
+    per_replica = {a: sum(pinned(host, c) == a for c in held) for a in fleet.addresses}
+    assert sorted(per_replica.values()) == [2, 2, 2, 2]
+    for cid in held:
+        finish(host, cid)
+    held = [send(host, chat_body("again"))[0] for _ in range(4)]
+    assert len({pinned(host, c) for c in held}) == 4  # released counts: spread again

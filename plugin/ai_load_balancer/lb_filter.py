@@ -223,9 +223,16 @@ class LoadBalancerStream(HttpContext):
         if self.hashes:
             matched, aging = self.root.prefix_index.matches(self.hashes, now_s)
         model = self.request.model if self.request else ""
+
+        def choose(inflight):
+            # Requests sent since the last scrape are not in the replicas' metrics
+            # yet: without them, every request until the next scrape would herd
+            # onto the replica that looked idle. The counts are this gateway's.
+            return lb.choose(lb.with_inflight(metrics, inflight, self.candidates),
+                             self.candidates, model, len(self.hashes), matched, self.rotation)
+
         try:
-            pick = lb.choose(metrics, self.candidates, model, len(self.hashes), matched,
-                             self.rotation)
+            pick = self.root.inflight.take(choose, now_ms)
         except NoMetrics:
             stats.count("ailb.fallbacks.no_metrics")
             self.root.limiter.log(hostcalls.WARN, "no metrics", "no replica has fresh metrics; "
@@ -234,6 +241,11 @@ class LoadBalancerStream(HttpContext):
         except Shed:
             return self._reject(429, "no replica has capacity for this sheddable request",
                                 "rate_limit_exceeded")
+        except Contention as exc:
+            stats.count("ailb.fallbacks.contention")
+            self.root.limiter.log(hostcalls.WARN, "contention", str(exc))
+            return CONTINUE
+        self.counted_in = "embedded"
         self.state = "metrics"
         if self.hashes:
             held = 0 if aging else matched.get(pick.address, 0)

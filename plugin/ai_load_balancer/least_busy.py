@@ -4,6 +4,8 @@ Owned by the root context: the scraper runs from the root's tick; choose() runs
 per request with what the stream gathered (model, prefix matches).
 """
 
+from dataclasses import replace
+
 from . import replica_metrics, scheduling
 from .metrics_scraper import MetricsScraper
 from .picking import Pick
@@ -36,6 +38,20 @@ class LeastBusy:
         """True when the profile scores prefix affinity (the prompt must be hashed)."""
         return self.cfg.metric_policy == "weighted" and any(
             name == "prefix" and weight > 0 for name, weight in self.cfg.weights)
+
+    @staticmethod
+    def with_inflight(metrics, inflight, addresses):
+        """{address: metrics} for `addresses`, each replica's queue raised by the
+        requests this gateway has in flight to it beyond what the metrics show
+        running or waiting (sent since the last scrape)."""
+        adjusted = {}
+        for address in addresses:
+            m = metrics.get(address)
+            if m is None:
+                continue
+            unseen = inflight.get(address, 0) - m.running - m.waiting
+            adjusted[address] = replace(m, waiting=m.waiting + unseen) if unseen > 0 else m
+        return adjusted
 
     def choose(self, metrics, addresses, model, prompt_blocks, matched, rotation):
         """The Pick for one request. `metrics`: {address: ReplicaMetrics} (fresh
