@@ -1,0 +1,1 @@
+"""Benchmarks: routing quality (run.py) and gateway cost (gateway_cost.py)."""

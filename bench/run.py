@@ -1,0 +1,413 @@
+"""Routing benchmark: a workload through the real Envoy 1.40 + the built plugin,
+per policy, against simulated vLLM replicas (default) or real vLLM.
+
+    .venv/bin/python bench/run.py                                  # 16 x a10-7b, mrqa-scaled, every policy (~10 min)
+    .venv/bin/python bench/run.py --workloads all --name my-run    # every workload (~45 min)
+    .venv/bin/python bench/run.py --replicas 8 --profile a100-7b --workloads doc-qa,sharegpt
+    .venv/bin/python bench/run.py --real-vllm --workloads mrqa-ack --param qps=1 ...
+    .venv/bin/python bench/run.py --endpoints 127.0.0.1:8001,127.0.0.1:8002 ...
+    .venv/bin/python bench/run.py --demo [--real-vllm]             # scripts/demo.sh: a few minutes
+    .venv/bin/python bench/run.py --rerender bench/results/NAME    # README and plots from results.json
+
+For each workload and policy: a fresh Envoy (`--concurrency 2`) in front of the
+same replicas, their prefix caches reset, the workload's sessions sent
+(streamed, one connection per request) for `--duration` seconds and drained.
+Policies:
+  envoy-rr, envoy-lr     Envoy's own round robin / least request, no wasm filter
+  global_least_request, prefix_cache, least_busy (default profile),
+  least_busy-weighted    the plugin (lb_config: endpoints, debugHeader, and for
+                         least_busy metricsCluster; defaults otherwise); the
+                         cluster: override_host with least request as fallback
+  oracle                 the plugin's `header` policy; the client pins each
+                         request to the replica its exact cache model says
+                         holds the longest prefix (bench/oracle.py)
+Measured at the client: TTFT, end-to-end latency, output tokens/s; from the
+replicas' own /metrics: prefix-cache hit rate (vllm:prefix_cache_hits_total /
+queries_total deltas) and requests per replica; from Envoy: its CPU time.
+Writes bench/results/<name>/ (README.md, results.json, PNG plots) and the
+index bench/results/README.md.
+"""
+
+import argparse
+import asyncio
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "envoy-test")]
+
+import harness  # noqa: E402
+from bench import backends, report, workloads  # noqa: E402
+from bench.loadgen import Runner  # noqa: E402
+from bench.oracle import Ceiling, Oracle  # noqa: E402
+
+POLICIES = ["envoy-rr", "envoy-lr", "global_least_request", "prefix_cache", "least_busy",
+            "least_busy-weighted", "oracle"]
+SUITE = ["mrqa-scaled", "mrqa-heavy", "doc-qa", "sysprompt", "sharegpt", "lora"]
+DEMO_POLICIES = ["envoy-rr", "envoy-lr", "prefix_cache", "oracle"]
+
+
+def plugin_config(policy, endpoints, extra):
+    if policy == "oracle":
+        return {"lb_policy": "header"}
+    fields = {"endpoints": list(endpoints), "debugHeader": True}
+    name = policy
+    if policy.startswith("least_busy"):
+        name = "least_busy"
+        fields["metricsCluster"] = "backend"
+        if policy == "least_busy-weighted":
+            fields["metric_policy"] = "weighted"
+    fields.update(extra.get(policy, {}))
+    return {"lb_policy": name, "lb_config": fields}
+
+
+def envoy_for(policy, endpoints, wasm, args, workdir):
+    if policy in ("envoy-rr", "envoy-lr"):
+        config = harness.EnvoyConfig.simple(
+            endpoints, concurrency=args.concurrency, override_host=False,
+            fallback_policy="round_robin" if policy == "envoy-rr" else "least_request")
+    else:
+        config = harness.EnvoyConfig.simple(
+            endpoints, wasm_path=wasm, concurrency=args.concurrency,
+            plugin_config=plugin_config(policy, endpoints, args.lb_config),
+            fallback_policy="least_request")
+    config.listeners[0].route_timeout_s = args.timeout
+    return harness.Envoy(config, os.path.join(workdir, policy))
+
+
+def envoy_plugin_stats(envoy):
+    """The plugin's fallback counters (the service's LB decided), summed over VMs."""
+    out = {}
+    for name, value in envoy.stats("ailb\\.fallbacks").items():
+        if value:
+            key = name.split("ailb.fallbacks.", 1)[-1]
+            out[key] = out.get(key, 0) + value
+    return out
+
+
+def log(text):
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def run_policy(policy, index, workload, backend, wasm, args, workdir):
+    endpoints = backend.endpoints
+    backends.wait_idle(endpoints, timeout=120)
+    backends.reset_prefix_caches(endpoints)
+    salt = f"<{index:03d}> "
+    sessions = workload.sessions(args.duration, seed=args.seed, salt=salt)
+    envoy = envoy_for(policy, endpoints, wasm, args, workdir)
+    envoy.start(timeout=120)
+    try:
+        if policy.startswith("least_busy"):
+            time.sleep(2.5)  # the first scrapes (every 1 s) before the first request
+        before = backends.snapshot(endpoints)
+        sim_before = backends.sim_stats(endpoints) if backend.kind == "simulator" else None
+        cpu0 = envoy.cpu_seconds()
+        oracle = (Oracle(endpoints, backend.block_size, backend.num_blocks, args.oracle_gap,
+                         args.oracle_min_match, args.seed) if policy == "oracle" else None)
+        ceiling = Ceiling(backend.block_size)
+        runner = Runner(envoy.port, backend.model, oracle=oracle, ceiling=ceiling,
+                        timeout=args.timeout, names=backend.name_of)
+        records = asyncio.run(runner.run(sessions, args.duration, args.drain))
+        cpu = envoy.cpu_seconds() - cpu0
+        fallbacks = envoy_plugin_stats(envoy) if policy not in ("envoy-rr", "envoy-lr") else {}
+        problems = [line for line in envoy.log().splitlines()
+                    if "Traceback" in line or "Wasm VM failed" in line]
+    finally:
+        envoy.stop()
+    after = backends.snapshot(endpoints)
+    sim_after = backends.sim_stats(endpoints) if backend.kind == "simulator" else None
+    row = report.summarize(
+        policy, records, backends.delta(before, after), endpoints, backend.name_of,
+        {"envoy_cpu_ms_per_request": cpu / max(1, len(records)) * 1e3,
+         "fallbacks": fallbacks, "plugin_errors": problems[:3],
+         "max_inflight": runner.max_inflight},
+        sim_before, sim_after, ceiling.rate, runner.elapsed)
+    log(f"  {policy}: {row['ok']}/{row['requests']} ok, TTFT mean {row['ttft']['mean']:.3f} s "
+        f"p90 {row['ttft']['p90']:.3f} s, hit rate {row['hit_rate']:.1%} "
+        f"(ceiling {ceiling.rate:.1%}), {row['output_tokens_per_s']:.0f} tok/s, per replica "
+        f"{list(row['per_replica'].values())}"
+        + (f", fallbacks {fallbacks}" if fallbacks else "")
+        + (f", late steps {row['sim']['late_steps']}/{row['sim']['steps']}"
+           if row.get("sim") else "")
+        + (f"\n    first error: {row['first_error']}" if row["first_error"] else "")
+        + (f"\n    plugin errors: {problems[:2]}" if problems else ""))
+    return row
+
+
+def start_backend(args, workload):
+    if args.endpoints:
+        return backends.Backend(args.endpoints.split(","))
+    if args.real_vllm:
+        return backends.VllmBackend(args.vllm_count)
+    overrides = {**workload.sim, **args.sim_set}
+    lora = workloads.lora_names(workload.params) if workload.needs_lora else ()
+    return backends.SimBackend(args.replicas, args.profile, lora=lora, **overrides)
+
+
+def git_state():
+    try:
+        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "plugin"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit + (" + uncommitted changes in plugin/" if dirty else "")
+    except Exception:  # noqa: BLE001 - informative only
+        return "?"
+
+
+def environment(wasm, given, note):
+    from bench_overhead import cpu_model, envoy_version
+    with open(wasm, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:12]
+    origin = note or (f"a prebuilt module (--wasm); working tree at {git_state()}" if given
+                      else f"built from the working tree at {git_state()}")
+    return {"machine": f"{os.cpu_count()} CPUs ({cpu_model()}), Linux {platform.release()}",
+            "envoy": envoy_version(), "python": platform.python_version(),
+            "plugin": f"`{os.path.basename(wasm)}` (sha256 {digest}), {origin}"}
+
+
+def plots_and_markdown(doc, out_dir):
+    """(Re)writes the plots and README.md of a run from its results.json document."""
+    for wl in doc["workloads"]:
+        rows = wl["rows"]
+        backend = doc["backend"]
+        title = f"{wl['name']}: {backend.get('replicas')} x {backend.get('profile', backend['kind'])}"
+        plots = [report.plot_ttft_cdf(rows, title, os.path.join(out_dir,
+                                                                f"ttft_cdf-{wl['name']}.png")),
+                 report.plot_hit_rate_vs_load(rows, title, os.path.join(
+                     out_dir, f"hit_rate_vs_load-{wl['name']}.png"))]
+        wl["plots"] = [os.path.basename(p) if p else None for p in plots]
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(doc, f, indent=1, default=str)
+    render_markdown(doc, out_dir)
+
+
+def render_markdown(doc, out_dir):
+    env = doc["environment"]
+    backend = doc["backend"]
+    what = (f"{backend['replicas']} simulated replicas, profile `{backend.get('profile')}`"
+            if backend["kind"] == "simulator" else
+            f"{backend['replicas']} {backend['kind']} replicas")
+    lines = [
+        f"# {doc['name']}", "",
+        f"Run {doc['when']}, {doc['wall_s'] / 60:.0f} min:", "",
+        "```sh", doc["command"], "```", "",
+        f"Machine: {env['machine']}; Envoy {env['envoy']} (`--concurrency "
+        f"{doc['concurrency']}`, V8); Python {env['python']}; everything on 127.0.0.1 "
+        "(replicas, Envoy and the client share the 2 cores). Plugin: " + env["plugin"] + ".",
+        "",
+        f"Replicas: {what}; model `{backend['model']}`, KV cache {backend['num_blocks']} "
+        f"blocks of {backend['block_size']} tokens each. Every policy gets a fresh Envoy, "
+        "the replicas' prefix caches reset, and the same workload (same seed; every prompt "
+        "salted per run). TTFT and end-to-end latency are measured by the client "
+        "(streamed; TTFT = request written -> first token's event). Hit rate = "
+        "Δ`vllm:prefix_cache_hits_total` / Δ`vllm:prefix_cache_queries_total` over all "
+        "replicas; requests per replica = Δ`vllm:request_success_total`. Output tok/s = "
+        "completion tokens / (first send -> last answer). Oracle: pinned by the client "
+        f"(plugin `header` policy) to the replica its exact cache model says holds the longest "
+        f"prefix, within {doc['oracle_gap']} in-flight requests of the least busy, a match "
+        f"counting from {doc['oracle_min_match']:.0%} of the prompt (prefix_cache's rules with "
+        "exact knowledge; bench/oracle.py). Ceiling: the share of prompt tokens some earlier request "
+        "already computed (any replica, unbounded cache): no routing can hit more.",
+        "",
+    ]
+    if len(doc["workloads"]) > 1:
+        lines += ["## Summary", "", report.summary_table(doc["workloads"]), ""]
+    for wl in doc["workloads"]:
+        rows = wl["rows"]
+        ceilings = [r["ceiling"] for r in rows if r["ceiling"] == r["ceiling"]]
+        lines += [
+            f"## {wl['name']}: {wl['doc']}", "",
+            f"Parameters: {wl['params']}; sending window {doc['duration']:g} s per policy "
+            f"(then drained), seed {doc['seed']}. Hit-rate ceiling: "
+            f"{report.pct(sorted(ceilings)[len(ceilings) // 2]) if ceilings else 'n/a'}.", "",
+            report.table(rows), "",
+            f"![TTFT CDF]({wl['plots'][0]}) ![hit rate vs load]({wl['plots'][1]})"
+            if wl["plots"] and all(wl["plots"]) else "(plots: install matplotlib, the `bench` "
+                                                    "extra)",
+            "", "<details><summary>decisions, gateway CPU, simulator health</summary>", "",
+            report.detail_table(rows), "", "</details>", "",
+        ]
+        notes = wl.get("notes")
+        if notes:
+            lines += notes + [""]
+    with open(os.path.join(out_dir, "README.md"), "w") as f:
+        f.write("\n".join(lines))
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[1:]))
+    parser.add_argument("--demo", action="store_true",
+                        help="the README demo: 8 x a10-7b, workload demo, 40 s per policy, "
+                             "Envoy RR / LR, prefix_cache, oracle; prints the table")
+    parser.add_argument("--replicas", type=int, default=16)
+    parser.add_argument("--profile", default="a10-7b", help="a100-7b, a10-7b, vllm-cpu-tiny")
+    parser.add_argument("--sim-set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="simulator profile override (repeatable), e.g. num_blocks=400")
+    parser.add_argument("--real-vllm", action="store_true",
+                        help="start real vLLM CPU replicas (vllm_replicas/start.py)")
+    parser.add_argument("--vllm-count", type=int, default=2)
+    parser.add_argument("--endpoints", help="comma-separated ip:port of running replicas")
+    parser.add_argument("--workloads", default="mrqa-scaled",
+                        help=f"comma-separated, or 'all' ({','.join(SUITE)}); "
+                             f"known: {','.join(workloads.WORKLOADS)}")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="workload parameter override (repeatable), e.g. qps=4")
+    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--lb-config", action="append", default=[], metavar="POLICY=JSON",
+                        help="extra lb_config fields for a plugin policy, e.g. "
+                             "'prefix_cache={\"maxLoadGap\": 8}'")
+    parser.add_argument("--duration", type=float, default=60.0,
+                        help="sending window per policy (s)")
+    parser.add_argument("--drain", type=float, default=90.0,
+                        help="longest wait for the last answers after the window (s)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="per request (s)")
+    parser.add_argument("--oracle-gap", type=int, default=4,
+                        help="oracle: a prefix match wins within this many in-flight requests "
+                             "of the least busy replica (prefix_cache's maxLoadGap)")
+    parser.add_argument("--oracle-min-match", type=float, default=0.5,
+                        help="oracle: shortest match that counts, as a share of the prompt "
+                             "(prefix_cache's minMatchRatio)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads")
+    parser.add_argument("--wasm", help="a built envoy-target module (default: build one from "
+                                       "the working tree)")
+    parser.add_argument("--plugin-note", help="where the --wasm module came from (for the "
+                                              "results README)")
+    parser.add_argument("--name", help="results folder name under bench/results/")
+    parser.add_argument("--out", help="results folder (overrides --name)")
+    parser.add_argument("--no-index", action="store_true",
+                        help="do not rewrite bench/results/README.md")
+    args = parser.parse_args(argv)
+    if args.demo:
+        given = set(a.split("=")[0].lstrip("-") for a in argv if a.startswith("--"))
+        if "workloads" not in given:
+            args.workloads = "demo-real" if args.real_vllm else "demo"
+        if "policies" not in given:
+            args.policies = ",".join(DEMO_POLICIES)
+        if "replicas" not in given:
+            args.replicas = 8
+        if "duration" not in given:
+            args.duration = 40.0
+        if not args.out and not args.name:
+            args.out = os.path.join(report.RESULTS, "tmp",
+                                    "demo-real" if args.real_vllm else "demo")
+    args.workloads = SUITE if args.workloads == "all" else args.workloads.split(",")
+    args.policies = args.policies.split(",")
+    for p in args.policies:
+        if p not in POLICIES:
+            parser.error(f"unknown policy {p!r}; known: {', '.join(POLICIES)}")
+    params = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--param {item!r}: NAME=VALUE")
+        params[key.strip()] = value.strip()
+    args.params = params
+    sim_set = {}
+    for item in args.sim_set:
+        key, _, value = item.partition("=")
+        for kind in (int, float, str):
+            try:
+                sim_set[key] = kind(value)
+                break
+            except ValueError:
+                pass
+    args.sim_set = sim_set
+    extra = {}
+    for item in args.lb_config:
+        policy, _, text = item.partition("=")
+        extra[policy] = json.loads(text)
+    args.lb_config = extra
+    return args
+
+
+def rerender(out_dir):
+    with open(os.path.join(out_dir, "results.json")) as f:
+        doc = json.load(f)
+    plots_and_markdown(doc, out_dir)
+    if os.path.dirname(os.path.abspath(out_dir)) == report.RESULTS:
+        report.write_index()
+    print(f"rewrote {out_dir}/README.md and its plots")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--rerender"]:
+        return rerender(argv[1])
+    args = parse_args(argv)
+    chosen = []
+    for name in args.workloads:
+        w = workloads.get(name)
+        mine = {k: v for k, v in args.params.items() if k in w.params}
+        chosen.append(w.with_params(**mine))
+    unused = set(args.params) - {k for w in chosen for k in w.params}
+    if unused:
+        raise SystemExit(f"--param {sorted(unused)}: no chosen workload has it")
+    started = time.monotonic()
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if args.out:
+        out_dir = args.out
+    else:
+        kind = "vllm" if args.real_vllm else "ext" if args.endpoints else \
+            f"sim-{args.replicas}x{args.profile}"
+        out_dir = os.path.join(report.RESULTS, args.name or
+                               f"{time.strftime('%Y%m%d-%H%M')}-{kind}")
+    os.makedirs(out_dir, exist_ok=True)
+    workdir = os.path.join(harness.TMP_DIR, f"bench-run-{os.getpid()}")
+
+    wasm = args.wasm or harness.build_plugin()
+    log(f"plugin {wasm}; results -> {os.path.relpath(out_dir, ROOT)}")
+    doc = {"name": os.path.basename(out_dir.rstrip("/")), "when": when,
+           "command": ".venv/bin/python bench/run.py " + " ".join(shlex.quote(a) for a in argv),
+           "environment": environment(wasm, bool(args.wasm), args.plugin_note),
+           "concurrency": args.concurrency,
+           "duration": args.duration, "seed": args.seed, "oracle_gap": args.oracle_gap,
+           "oracle_min_match": args.oracle_min_match,
+           "policies": args.policies, "workloads": []}
+    backend = None
+    try:
+        for workload in chosen:
+            # A simulated fleet per workload (LoRA adapters differ); real ones are kept.
+            if backend is None or backend.kind == "simulator":
+                if backend is not None:
+                    backend.stop()
+                backend = start_backend(args, workload)
+                log(f"replicas: {backend.describe()}")
+            doc["backend"] = backend.describe()
+            log(f"workload {workload.name}: {workload.describe()}")
+            rows = []
+            for i, policy in enumerate(args.policies):
+                rows.append(run_policy(policy, i, workload, backend, wasm, args, workdir))
+            doc["workloads"].append({
+                "name": workload.name, "doc": workload.doc, "params": workload.describe(),
+                "rows": rows, "plots": []})
+            doc["wall_s"] = time.monotonic() - started
+            plots_and_markdown(doc, out_dir)
+            print()
+            print(f"{workload.name} ({doc['backend'].get('replicas')} x "
+                  f"{doc['backend'].get('profile', backend.kind)}):")
+            print(report.short_table(rows))
+            print()
+    finally:
+        if backend is not None:
+            backend.stop()
+    if not args.no_index and os.path.dirname(os.path.abspath(out_dir)) == report.RESULTS:
+        report.write_index()
+    log(f"done in {(time.monotonic() - started) / 60:.1f} min; "
+        f"{os.path.relpath(os.path.join(out_dir, 'README.md'), ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
