@@ -47,16 +47,40 @@ def dist(values):
             "p90": percentile(values, 0.9), "p99": percentile(values, 0.99)}
 
 
-def summarize(policy, records, replica_delta, endpoints, names, envoy_info, sim_before,
-              sim_after, ceiling, elapsed):
+def run_span(records):
+    """First send -> last answer of one run's records (s)."""
+    ok = [r for r in records if r.status == 200 and not r.error and r.ttft is not None]
+    if not ok:
+        return float("nan")
+    return max(r.sent + r.e2e for r in ok) - min(r.sent for r in records)
+
+
+def sim_delta(before, after, endpoints):
+    """The simulator's own health over a run (None for real replicas)."""
+    if not after or not all(after.values()):
+        return None
+    return {"late_steps": sum(after[e]["late_steps"] - before[e]["late_steps"] for e in endpoints),
+            "steps": sum(after[e]["steps"] - before[e]["steps"] for e in endpoints),
+            "max_late_ms": max(after[e]["max_late_ms"] for e in endpoints),
+            "evictions": sum(after[e]["evictions"] - before[e]["evictions"] for e in endpoints)}
+
+
+def add_sim(a, b):
+    if a is None or b is None:
+        return a or b
+    return {"late_steps": a["late_steps"] + b["late_steps"], "steps": a["steps"] + b["steps"],
+            "max_late_ms": max(a["max_late_ms"], b["max_late_ms"]),
+            "evictions": a["evictions"] + b["evictions"]}
+
+
+def summarize(policy, records, replica_delta, endpoints, names, envoy_info, sim, ceiling,
+              elapsed, span=None):
     ok = [r for r in records if r.status == 200 and not r.error and r.ttft is not None]
     failed = [r for r in records if r not in ok]
     ttfts = [r.ttft for r in ok]
     e2es = [r.e2e for r in ok]
-    if ok:
-        span = max(r.sent + r.e2e for r in ok) - min(r.sent for r in records)
-    else:
-        span = float("nan")
+    if span is None:
+        span = run_span(records)
     out_tokens = sum(r.completion_tokens for r in ok)
     hits = sum(d["hits"] for d in replica_delta.values())
     queries = sum(d["queries"] for d in replica_delta.values())
@@ -66,14 +90,7 @@ def summarize(policy, records, replica_delta, endpoints, names, envoy_info, sim_
     for r in ok:
         if r.reason:
             reasons[r.reason] = reasons.get(r.reason, 0) + 1
-    late = None
-    if sim_after and all(sim_after.values()):
-        late = {"late_steps": sum(sim_after[e]["late_steps"] - sim_before[e]["late_steps"]
-                                  for e in endpoints),
-                "steps": sum(sim_after[e]["steps"] - sim_before[e]["steps"] for e in endpoints),
-                "max_late_ms": max(sim_after[e]["max_late_ms"] for e in endpoints),
-                "evictions": sum(sim_after[e]["evictions"] - sim_before[e]["evictions"]
-                                 for e in endpoints)}
+    late = sim
     return {
         "policy": policy, "label": label(policy),
         "requests": len(records), "ok": len(ok), "failed": len(failed),
@@ -173,9 +190,11 @@ def summary_table(workloads, policies=("envoy-lr", "prefix_cache", "least_busy",
 
 
 def detail_table(rows):
+    repeats = any(len(r.get("repeat_ttft_means") or ()) > 1 for r in rows)
     lines = ["| policy | requests ok / sent | plugin decisions | Envoy CPU ms/request "
-             "| simulator late steps | KV evictions | preemptions |",
-             "|---|---:|---|---:|---:|---:|---:|"]
+             "| simulator late steps | KV evictions | preemptions |"
+             + (" TTFT mean per repeat (s) |" if repeats else ""),
+             "|---|---:|---|---:|---:|---:|---:|" + ("---|" if repeats else "")]
     for r in rows:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(r["reasons"].items())) or "-"
         if r.get("fallbacks"):
@@ -185,7 +204,9 @@ def detail_table(rows):
                 if sim else "n/a")
         lines.append(f"| {r['label']} | {r['ok']} / {r['requests']} | {reasons} | "
                      f"{f3(r.get('envoy_cpu_ms_per_request'))} | {late} | "
-                     f"{sim.get('evictions', 'n/a') if sim else 'n/a'} | {r['preemptions']:.0f} |")
+                     f"{sim.get('evictions', 'n/a') if sim else 'n/a'} | {r['preemptions']:.0f} |"
+                     + (" " + ", ".join(f"{m:.3f}" for m in r.get("repeat_ttft_means", []))
+                        + " |" if repeats else ""))
     return "\n".join(lines)
 
 

@@ -125,12 +125,13 @@ def run_policy(policy, index, workload, backend, wasm, args, workdir):
         envoy.stop()
     after = backends.snapshot(endpoints)
     sim_after = backends.sim_stats(endpoints) if backend.kind == "simulator" else None
-    row = report.summarize(
-        policy, records, backends.delta(before, after), endpoints, backend.name_of,
-        {"envoy_cpu_ms_per_request": cpu / max(1, len(records)) * 1e3,
-         "fallbacks": fallbacks, "plugin_errors": problems[:3],
-         "max_inflight": runner.max_inflight},
-        sim_before, sim_after, ceiling.rate, runner.elapsed)
+    raw = {"records": records, "delta": backends.delta(before, after), "cpu": cpu,
+           "fallbacks": fallbacks, "problems": problems[:3],
+           "max_inflight": runner.max_inflight,
+           "sim": report.sim_delta(sim_before, sim_after, endpoints),
+           "ceiling": (ceiling.hit_tokens, ceiling.prompt_tokens),
+           "elapsed": runner.elapsed, "span": report.run_span(records)}
+    row = merge_runs(policy, [raw], backend)
     log(f"  {policy}: {row['ok']}/{row['requests']} ok, TTFT mean {row['ttft']['mean']:.3f} s "
         f"p90 {row['ttft']['p90']:.3f} s, hit rate {row['hit_rate']:.1%} "
         f"(ceiling {ceiling.rate:.1%}), {row['output_tokens_per_s']:.0f} tok/s, per replica "
@@ -140,6 +141,37 @@ def run_policy(policy, index, workload, backend, wasm, args, workdir):
            if row.get("sim") else "")
         + (f"\n    first error: {row['first_error']}" if row["first_error"] else "")
         + (f"\n    plugin errors: {problems[:2]}" if problems else ""))
+    return row, raw
+
+
+def merge_runs(policy, raws, backend):
+    """One row from one or more runs (repeats) of a policy: requests pooled, counters
+    and times added."""
+    endpoints = backend.endpoints
+    records = [r for raw in raws for r in raw["records"]]
+    delta = {e: {k: sum(raw["delta"][e][k] for raw in raws) for k in raws[0]["delta"][e]}
+             for e in endpoints}
+    fallbacks = {}
+    for raw in raws:
+        for k, v in raw["fallbacks"].items():
+            fallbacks[k] = fallbacks.get(k, 0) + v
+    sim = None
+    for raw in raws:
+        sim = report.add_sim(sim, raw["sim"])
+    hit = sum(raw["ceiling"][0] for raw in raws)
+    prompt = sum(raw["ceiling"][1] for raw in raws)
+    row = report.summarize(
+        policy, records, delta, endpoints, backend.name_of,
+        {"envoy_cpu_ms_per_request": sum(raw["cpu"] for raw in raws) / max(1, len(records)) * 1e3,
+         "fallbacks": fallbacks, "plugin_errors": [p for raw in raws for p in raw["problems"]][:3],
+         "max_inflight": max(raw["max_inflight"] for raw in raws)},
+        sim, hit / prompt if prompt else float("nan"), sum(raw["elapsed"] for raw in raws),
+        span=sum(raw["span"] for raw in raws))
+    if len(raws) > 1:
+        row["repeat_ttft_means"] = [
+            report.dist([r.ttft for r in raw["records"]
+                         if r.status == 200 and not r.error and r.ttft is not None])["mean"]
+            for raw in raws]
     return row
 
 
@@ -228,7 +260,10 @@ def render_markdown(doc, out_dir):
         lines += [
             f"## {wl['name']}: {wl['doc']}", "",
             f"Parameters: {wl['params']}; sending window {doc['duration']:g} s per policy "
-            f"(then drained), seed {doc['seed']}. Hit-rate ceiling: "
+            f"(then drained)"
+            + (f", {doc['repeat']} runs per policy (order rotated; requests pooled)"
+               if doc.get("repeat", 1) > 1 else "")
+            + f", seed {doc['seed']}. Hit-rate ceiling: "
             f"{report.pct(sorted(ceilings)[len(ceilings) // 2]) if ceilings else 'n/a'}.", "",
             report.table(rows), "",
             f"![TTFT CDF]({wl['plots'][0]}) ![hit rate vs load]({wl['plots'][1]})"
@@ -279,6 +314,9 @@ def parse_args(argv):
     parser.add_argument("--oracle-min-match", type=float, default=0.5,
                         help="oracle: shortest match that counts, as a share of the prompt "
                              "(prefix_cache's minMatchRatio)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every policy this many times (order rotated each time) "
+                             "and pool the requests: for noisy backends (real vLLM here)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads")
     parser.add_argument("--wasm", help="a built envoy-target module (default: build one from "
@@ -374,7 +412,7 @@ def main(argv=None):
            "environment": environment(wasm, bool(args.wasm), args.plugin_note),
            "concurrency": args.concurrency,
            "duration": args.duration, "seed": args.seed, "oracle_gap": args.oracle_gap,
-           "oracle_min_match": args.oracle_min_match,
+           "oracle_min_match": args.oracle_min_match, "repeat": args.repeat,
            "policies": args.policies, "workloads": []}
     backend = None
     try:
@@ -387,9 +425,17 @@ def main(argv=None):
                 log(f"replicas: {backend.describe()}")
             doc["backend"] = backend.describe()
             log(f"workload {workload.name}: {workload.describe()}")
-            rows = []
-            for i, policy in enumerate(args.policies):
-                rows.append(run_policy(policy, i, workload, backend, wasm, args, workdir))
+            raws = {p: [] for p in args.policies}
+            n = len(args.policies)
+            for rep in range(args.repeat):
+                if args.repeat > 1:
+                    log(f" repeat {rep + 1} of {args.repeat}")
+                order = args.policies[rep % n:] + args.policies[:rep % n]  # rotated
+                for policy in order:
+                    index = rep * n + args.policies.index(policy)
+                    raws[policy].append(run_policy(policy, index, workload, backend, wasm,
+                                                   args, workdir)[1])
+            rows = [merge_runs(p, raws[p], backend) for p in args.policies]
             doc["workloads"].append({
                 "name": workload.name, "doc": workload.doc, "params": workload.describe(),
                 "rows": rows, "plots": []})
