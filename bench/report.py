@@ -290,8 +290,19 @@ def plot_hit_rate_vs_load(rows, title, path):
 
 # --- the index ----------------------------------------------------------------------------------
 
+NOTES_HEADING = "## Notes"
+
+
 def write_index(results_dir=RESULTS):
-    """bench/results/README.md: one line per run folder holding a results.json."""
+    """bench/results/README.md: one line per run folder holding a results.json; a
+    hand-written part under NOTES_HEADING is kept."""
+    index = os.path.join(results_dir, "README.md")
+    notes = ""
+    if os.path.isfile(index):
+        with open(index) as f:
+            text = f.read()
+        if "\n" + NOTES_HEADING + "\n" in text:
+            notes = text[text.index("\n" + NOTES_HEADING + "\n") + 1:]
     runs = []
     for name in sorted(os.listdir(results_dir)):
         path = os.path.join(results_dir, name, "results.json")
@@ -329,5 +340,7 @@ def write_index(results_dir=RESULTS):
                          f"{wl['name']} | {cell('envoy-lr')} | {cell('prefix_cache')}{delta} | "
                          f"{cell('oracle')} |")
     lines.append("")
-    with open(os.path.join(results_dir, "README.md"), "w") as f:
+    if notes:
+        lines.append(notes.rstrip("\n") + "\n")
+    with open(index, "w") as f:
         f.write("\n".join(lines))
