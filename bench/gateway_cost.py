@@ -23,7 +23,7 @@ decision time (its `ailb.decision_us` histogram: sum / count).
 
 Then:
   streamed answers   Envoy CPU per request when the answer is an SSE stream of
-                     100 tokens (simulated a100-7b replicas): what the per-chunk
+                     --stream-tokens (100) tokens (simulated a100-7b replicas): what the per-chunk
                      callbacks cost
   scraping           Envoy CPU per second with least_busy and no traffic, for
                      4 and 16 replicas (each /metrics page parsed in the VM)
@@ -226,10 +226,11 @@ def measure_latency(args, endpoints, wasm, workdir, log):
 
 
 def measure_streaming(args, wasm, workdir, log):
-    """Envoy CPU per streamed request (100 SSE chunks), no filter vs the plugin."""
+    """Envoy CPU per streamed request (an SSE chunk per token), no filter vs the plugin."""
     from sim.fleet import Fleet
     out = {}
-    body = json.dumps({"model": "meta-llama/Llama-2-7b-hf", "stream": True, "max_tokens": 100,
+    body = json.dumps({"model": "meta-llama/Llama-2-7b-hf", "stream": True,
+                       "max_tokens": args.stream_tokens, "ignore_eos": True,
                        "messages": [{"role": "user", "content": "Tell me a story. " * 20}]}
                       ).encode()
     with Fleet.start(4, "a100-7b", subprocess=True) as fleet:
@@ -376,7 +377,7 @@ def render(args, argv, rows, rss, problems, streaming, scraping, starts, memory,
         base = streaming.get("no filter", {})
         lines += [
             "## Streamed answers", "",
-            f"{args.stream_requests} streamed chat completions of 100 tokens (4 simulated "
+            f"{args.stream_requests} streamed chat completions of {args.stream_tokens} tokens (4 simulated "
             "a100-7b replicas, 20 requests/s): Envoy CPU per request. Every SSE chunk of the "
             "answer passes the wasm filter's response-body callback.", "",
             "| Envoy config | requests ok | chunks per answer | Envoy CPU µs/request | added |",
@@ -459,6 +460,7 @@ def main(argv=None):
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--memory-concurrency", default="1,2,4")
     parser.add_argument("--stream-requests", type=int, default=200)
+    parser.add_argument("--stream-tokens", type=int, default=100)
     parser.add_argument("--scrape-seconds", type=float, default=10.0)
     parser.add_argument("--skip", default="", help="comma-separated: latency, streaming, "
                                                    "scraping, startup, edge")

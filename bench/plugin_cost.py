@@ -1,11 +1,12 @@
 """Python-side cost of one request, per policy and body size, in the test host.
 
-    .venv/bin/python bench/plugin_cost.py [--requests 300]
+    .venv/bin/python bench/plugin_cost.py [--requests 300] [--wasm PATH]
 
 Runs the built envoy-target module (dist/) in wasmtime, and the same plugin
 natively in CPython, through a whole request lifecycle (context create, request
 headers, body, response headers, done/log/delete) with state embedded in
-shared data. wasmtime is not V8, so absolute numbers differ from Envoy's;
+shared data; then what each response-body chunk of a streamed answer costs.
+wasmtime is not V8, so absolute numbers differ from Envoy's;
 envoy-test/bench_policies.py measures Envoy's CPU per request.
 """
 
@@ -56,10 +57,15 @@ def scraped_table(endpoints):
     return json.dumps(table)
 
 
-def measure(mode, policy, body, requests):
+def new_host(mode, wasm):
     host = HostEmulator(target="envoy")
     host.attach(NativePlugin(host, "ai_load_balancer.main") if mode == "native"
-                else WasmPlugin(host, WASM))
+                else WasmPlugin(host, wasm))
+    return host
+
+
+def measure(mode, policy, body, requests, wasm=WASM):
+    host = new_host(mode, wasm)
     host.set_property(["xds", "cluster_name"], b"outbound|8000||vllm")
     if policy.startswith("least_busy"):
         config, endpoints = least_busy_config(int(policy.split(":")[1]))
@@ -78,9 +84,28 @@ def measure(mode, policy, body, requests):
     return per_request
 
 
+def measure_chunks(mode, chunks, wasm=WASM):
+    """Seconds per response-body chunk of a streamed answer (round_robin)."""
+    host = new_host(mode, wasm)
+    assert host.start_plugin(plugin_config("round_robin", debugHeader=False)), host.logs_text()
+    cid = send(host, body_of(1024))[0]
+    host.call_on_response_headers(cid, [(":status", "200")], end_of_stream=False)
+    chunk = b'data: {"choices": [{"delta": {"content": " token"}}]}\n\n'
+    started = time.perf_counter()
+    for _ in range(chunks):
+        host.call_on_response_body(cid, chunk, end_of_stream=False)
+    per_chunk = (time.perf_counter() - started) / chunks
+    host.call_on_response_body(cid, b"data: [DONE]\n\n", end_of_stream=True)
+    host.complete_http_context(cid)
+    host.close()
+    return per_chunk
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--chunks", type=int, default=5000)
+    parser.add_argument("--wasm", default=WASM, help="an envoy-target module (default: dist/)")
     args = parser.parse_args()
     cases = [("header", None), ("global_least_request", None),
              ("prefix_cache", body_of(1024)), ("prefix_cache", body_of(30 * 1024)),
@@ -89,9 +114,13 @@ def main():
     print("|---|---:|---:|---:|")
     for policy, body in cases:
         native = measure("native", policy, body, args.requests)
-        wasm = measure("wasm", policy, body, args.requests)
+        wasm = measure("wasm", policy, body, args.requests, args.wasm)
         size = f"{len(body) / 1024:.0f} KB" if body else "none"
         print(f"| {policy} | {size} | {native * 1e6:.0f} | {wasm * 1e6:.0f} |")
+    native = measure_chunks("native", args.chunks)
+    wasm = measure_chunks("wasm", args.chunks, args.wasm)
+    print(f"| streamed answer, per response-body chunk | 56 B | {native * 1e6:.1f} "
+          f"| {wasm * 1e6:.1f} |")
 
 
 if __name__ == "__main__":

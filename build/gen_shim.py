@@ -5,6 +5,8 @@ Writes shim_gen.h (host-function imports, constants) and shim_gen.c (the
 builtin-module inittab). shim.c is the hand-written half.
 """
 
+from proxywasm.abi_table import RESULT_WITHOUT_PYTHON  # make.py puts plugin/ on sys.path
+
 C_TYPES = {"u32": "uint32_t", "i32": "int32_t", "u64": "uint64_t", "i64": "int64_t"}
 
 # Python's own builtin C modules the plugin may import. Leaving the others out
@@ -23,12 +25,6 @@ SPECIAL_BUILTINS = (
     ("_tokenize", "PyInit__tokenize"), ("_warnings", "_PyWarnings_Init"),
     ("builtins", None), ("sys", None),
 )
-
-FALLBACKS = {
-    # What a callback returns when Python cannot be reached: a VM that cannot
-    # start reports failure (Envoy's fail_open then passes traffic); streams continue.
-    "proxy_on_vm_start": 0, "proxy_on_configure": 0, "proxy_on_done": 1,
-}
 
 
 def _c_params(params):
@@ -106,7 +102,7 @@ def _export(index, name, params, result):
     c_params = ", ".join(f"uint32_t {p}" for p in params) or "void"
     args = ", ".join(params)
     ret = "uint32_t" if result else "void"
-    fallback = FALLBACKS.get(name, 0)
+    fallback = RESULT_WITHOUT_PYTHON.get(name, 0)
     array = f"    const uint32_t args[{max(len(params), 1)}] = {{{args or '0'}}};"
     call = f"shim_dispatch({index}, args, {len(params)}, {fallback})"
     return "\n".join([f'__attribute__((export_name("{name}")))',

@@ -108,13 +108,22 @@ static int shim_start_python(void) {
     Py_DECREF(entry);
     PyObject *dispatcher = PyImport_ImportModule("proxywasm.dispatcher");
     if (dispatcher == NULL) goto fail;
+    /* None: the plugin leaves the callback at its default; answered here. */
+    char line[512];
+    int n = snprintf(line, sizeof line, "python ready in %.1f ms; answered without python:",
+                     shim_now_ms() - started);
     for (int i = 0; i < SHIM_NUM_CALLBACKS; i++) {
-        shim_callables[i] = PyObject_GetAttrString(dispatcher, shim_callback_names[i]);
-        if (shim_callables[i] == NULL) { Py_DECREF(dispatcher); goto fail; }
+        PyObject *fn = PyObject_CallMethod(dispatcher, "handler", "s", shim_callback_names[i]);
+        if (fn == NULL) { Py_DECREF(dispatcher); goto fail; }
+        if (fn == Py_None) {
+            Py_DECREF(fn);
+            fn = NULL;
+            if (n > 0 && n < (int)sizeof line)
+                n += snprintf(line + n, sizeof line - n, " %s", shim_callback_names[i]);
+        }
+        shim_callables[i] = fn;
     }
     Py_DECREF(dispatcher);
-    char line[96];
-    snprintf(line, sizeof line, "python ready in %.1f ms", shim_now_ms() - started);
     shim_log(SHIM_LOG_DEBUG, line);
     return 0;
 
@@ -131,7 +140,7 @@ uint32_t shim_dispatch(int index, const uint32_t *args, int nargs, uint32_t fall
     if (shim_state == SHIM_COLD) {
         shim_state = shim_start_python() == 0 ? SHIM_READY : SHIM_BROKEN;
     }
-    if (shim_state != SHIM_READY) return fallback;
+    if (shim_state != SHIM_READY || shim_callables[index] == NULL) return fallback;
 
     PyObject *pyargs[SHIM_MAX_CALLBACK_ARGS];
     for (int i = 0; i < nargs; i++) {

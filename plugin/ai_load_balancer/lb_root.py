@@ -22,6 +22,7 @@ METRICS_POLICIES = ("least_busy", "queue_depth")
 
 
 class LoadBalancerRoot(RootContext):
+    http_context = LoadBalancerStream
     config = None
 
     def on_configure(self, configuration):
@@ -103,9 +104,6 @@ class LoadBalancerRoot(RootContext):
         for cluster in self.redis_clusters:
             hostcalls.redis_call(self.redis, redis_state.renew_command(
                 cluster, self.vm_id, self.config.lease_s * 1000))
-
-    def new_http_context(self, context_id):
-        return LoadBalancerStream(context_id, self)
 
     # --- per request ----------------------------------------------------------------------
 

@@ -109,8 +109,7 @@ HOST_FUNCTIONS = (
 )
 
 # Callbacks the module exports: (name, host set, parameter names, result).
-# result: "u32" (an action or a bool) or None. `default` is what the shim returns
-# when Python cannot be reached at all (it never raises through the boundary).
+# result: "u32" (an action or a bool) or None.
 CALLBACKS = (
     ("proxy_on_context_create", ENVOY, ("context_id", "parent_context_id"), None),
     ("proxy_on_vm_start", ENVOY, ("root_context_id", "vm_config_size"), "u32"),
@@ -132,6 +131,11 @@ CALLBACKS = (
     ("proxy_on_redis_call_response", HIGRESS,
      ("context_id", "token", "status", "response_size"), None),
 )
+
+# What a callback returns without entering Python (0 when not listed): when Python
+# cannot start (a VM that cannot start fails its configuration; streams continue),
+# and for callbacks the plugin leaves at the SDK's default (dispatcher.handler).
+RESULT_WITHOUT_PYTHON = {"proxy_on_vm_start": 0, "proxy_on_configure": 0, "proxy_on_done": 1}
 
 
 def host_functions(target):

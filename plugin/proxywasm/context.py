@@ -88,6 +88,11 @@ class HttpContext(Context):
 class RootContext(Context):
     """The plugin's configuration and everything that outlives one stream."""
 
+    # The HttpContext subclass made for every stream (or override new_http_context).
+    # Declaring it lets the shim answer the callbacks it leaves at their defaults
+    # without entering Python (dispatcher.handler).
+    http_context = None
+
     def on_vm_start(self, vm_configuration):
         """Once per VM. Return False to fail the VM."""
         return True
@@ -107,7 +112,7 @@ class RootContext(Context):
 
     def new_http_context(self, context_id):
         """The HttpContext for a new stream; None lets the stream pass untouched."""
-        return None
+        return self.http_context(context_id, self) if self.http_context else None
 
     def on_done(self):
         return True

@@ -9,7 +9,8 @@ on the service's own load balancing (a paused request is resumed).
 import gc
 
 from . import abi, callouts, hostcalls, stdio
-from .context import CONTINUE, PAUSE, STOP_ALL_AND_BUFFER, STOP_ALL_AND_WATERMARK
+from .context import (CONTINUE, PAUSE, STOP_ALL_AND_BUFFER, STOP_ALL_AND_WATERMARK,
+                      HttpContext, RootContext)
 
 _root_factory = None
 _roots = {}   # context id -> RootContext
@@ -23,6 +24,35 @@ def set_root_context(factory):
     Call once, at import of the plugin's entry module."""
     global _root_factory
     _root_factory = factory
+
+
+# Callbacks the host may answer with abi_table.RESULT_WITHOUT_PYTHON when the plugin
+# leaves these context methods at the SDK's default (which returns exactly that).
+_DEFAULTED = {"proxy_on_response_body": "on_response_body",
+              "proxy_on_response_trailers": "on_response_trailers",
+              "proxy_on_done": "on_done"}
+
+
+def handler(name):
+    """The function to call for callback `name`, or None when the registered plugin
+    leaves it at the SDK's default, so the host answers it without entering Python
+    (a streamed answer's chunks then cost no Python call each). Call after the entry
+    module registered the plugin."""
+    method = _DEFAULTED.get(name)
+    if method is not None and not _overridden(method):
+        return None
+    return globals()[name]
+
+
+def _overridden(method):
+    """Whether the registered plugin's contexts may run their own `method`."""
+    root = _root_factory
+    if not isinstance(root, type) or root.new_http_context is not RootContext.new_http_context:
+        return True  # contexts made by code: cannot tell
+    pairs = [(root, RootContext)] + ([(root.http_context, HttpContext)]
+                                     if root.http_context else [])
+    return any(getattr(cls, method) is not getattr(base, method)
+               for cls, base in pairs if hasattr(base, method))
 
 
 def describe_exception(exc):

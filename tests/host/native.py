@@ -53,7 +53,8 @@ class NativePlugin:
         self.abi = abi
         self._modules = {name: mod for name, mod in sys.modules.items() if self._owned(name)}
         NativePlugin._active = self
-        self._callbacks = {name: getattr(self.dispatcher, name)
+        # As the shim: a callback the plugin leaves at its default is answered here.
+        self._callbacks = {name: self.dispatcher.handler(name)
                            for name, _, _ in abi_table.callbacks(self.target)}
 
     def _owned(self, name):
@@ -69,9 +70,16 @@ class NativePlugin:
             sys.modules.update(self._modules)
             NativePlugin._active = self
 
+    def answered_without_python(self):
+        """The callbacks the plugin leaves at the SDK's default, in ABI table order."""
+        return [name for name, handler in self._callbacks.items() if handler is None]
+
     def call(self, callback, *args):
+        handler = self._callbacks[callback]
+        if handler is None:
+            return abi_table.RESULT_WITHOUT_PYTHON.get(callback, 0)
         self._activate()
-        return self._callbacks[callback](*args)
+        return handler(*args)
 
     def close(self):
         if NativePlugin._active is self:
