@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from ai_load_balancer import llm_request, prefix_hash
 from proxywasm import resp
 from proxywasm.context import CONTINUE, PAUSE
 from tests.llm_traffic import (CLUSTER, REPLICAS, chat_body, clear_redis, decision, finish, pinned,
@@ -103,6 +104,23 @@ def test_embedded_index_stays_within_its_capacity(make_host):
     slots = [k for k in host.shared.data() if (k.decode() if isinstance(k, bytes) else k)
              .startswith("ailb:pc:")]
     assert 0 < len(slots) <= 16
+
+
+def test_a_slot_collision_costs_one_block_not_the_match(make_host):
+    host = start(make_host, "prefix_cache")
+    first = chat_body(DOCUMENT, "q1")
+    second = chat_body(DOCUMENT, "q1", "An answer. " * 10, "q2")
+    request = llm_request.parse(second)
+    hashes = prefix_hash.block_hashes(request.cache_namespace, request.prompt)
+    held = route(host, first)
+    # A later block lands in the slot of the block the next lookup reads first.
+    taken = hashes[(len(hashes) + 1) // 2 - 1]
+    slot = next(k for k, v in host.shared.data().items() if v.startswith(taken.encode()))
+    host.shared.set("", slot, b"%s 10.9.9.9:80 %d" % (b"0" * len(taken), 2 ** 40), 0)
+    again = route(host, second)
+    assert (again["address"], again["reason"]) == (held["address"], "prefix_match")
+    assert int(again["matched_blocks"]) >= len(prefix_hash.block_hashes(
+        request.cache_namespace, llm_request.parse(first).prompt)) - 1
 
 
 def test_replica_that_left_is_not_chosen(make_host):

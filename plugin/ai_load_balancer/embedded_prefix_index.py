@@ -9,6 +9,9 @@ bounded at `capacity` entries; entries also expire after the TTL.
 A lookup costs O(log blocks) reads, not one per block: a prompt's blocks are
 recorded together, so the longest recorded prefix is found by binary search,
 and other replicas' shorter holdings by sampling at half, quarter, ... of it.
+A block whose slot another block took since is vouched for by the next block
+(hashes are chained: block i+1 recorded means blocks 1..i+1 were sent there), so
+one collision costs one more read, not the rest of the match.
 """
 
 from proxywasm import hostcalls
@@ -42,6 +45,8 @@ class EmbeddedPrefixIndex:
         while low < high:
             mid = (low + high + 1) // 2
             found = self._entry(hashes[mid - 1], now_s)
+            if found is None and mid < len(hashes):
+                found = self._entry(hashes[mid], now_s)  # a collision took block mid?
             if found is None:
                 high = mid - 1
             else:
