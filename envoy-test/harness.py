@@ -656,6 +656,16 @@ class Response:
         return self.headers.get("x-replica")
 
 
+def decision(headers):
+    """The plugin's x-ailb-decision response header (lb_config.debugHeader) as
+    {"address", "reason", ...}, or None when the request was not pinned."""
+    value = headers.get("x-ailb-decision")
+    if not value:
+        return None
+    address, *fields = [part.strip() for part in value.split(";")]
+    return {"address": address, **dict(f.split("=", 1) for f in fields)}
+
+
 class Client:
     """Keep-alive HTTP/1.1 client for one loopback port; reconnects once on a
     broken connection."""

@@ -97,12 +97,7 @@ def send(envoy, count, connections=1, path="/r", headers=None):
 
 
 def decision(response):
-    """x-ailb-decision as {"address", "reason", ...}, or None when not pinned."""
-    value = response.headers.get("x-ailb-decision")
-    if not value:
-        return None
-    address, *fields = [part.strip() for part in value.split(";")]
-    return {"address": address, **dict(f.split("=", 1) for f in fields)}
+    return harness.decision(response.headers)
 
 
 def log_count(envoy, text):

@@ -58,10 +58,8 @@ def prefix_envoy(module_envoys, replicas4, production_wasm):
 
 def decision(response):
     """x-ailb-decision parsed: {"address", "reason", "matched_blocks", "inflight", "state"}."""
-    value = response.headers.get("x-ailb-decision")
-    assert value, f"no decision header: {response.status} {response.headers}"
-    address, *fields = [part.strip() for part in value.split(";")]
-    out = {"address": address, **dict(f.split("=", 1) for f in fields)}
+    out = harness.decision(response.headers)
+    assert out, f"no decision header: {response.status} {response.headers}"
     out["matched_blocks"], out["inflight"] = int(out["matched_blocks"]), int(out["inflight"])
     return out
 

@@ -107,7 +107,7 @@ def chat_stream(endpoint, model, messages, max_tokens=8, timeout=300, extra=None
                 path="/v1/chat/completions"):
     """Streams one completion. Returns a dict: ttft_s (to the first chunk with
     a choice), itl_s (gaps between later chunks), total_s, usage, replica,
-    text, finish_reason, status."""
+    text, finish_reason, status, headers (lower-cased names)."""
     body = {"model": model, "stream": True, "stream_options": {"include_usage": True},
             "max_tokens": max_tokens, "temperature": 0}
     if path.endswith("chat/completions"):
@@ -124,7 +124,8 @@ def chat_stream(endpoint, model, messages, max_tokens=8, timeout=300, extra=None
                      headers={"content-type": "application/json"})
         response = conn.getresponse()
         result["status"] = response.status
-        result["replica"] = response.getheader("x-replica")
+        result["headers"] = {k.lower(): v for k, v in response.getheaders()}
+        result["replica"] = result["headers"].get("x-replica")
         if response.status != 200:
             result["error"] = response.read()[:500].decode(errors="replace")
             return result

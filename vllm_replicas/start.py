@@ -12,8 +12,8 @@ venv made by setup.sh. Each replica is
         --served-model-name tiny --enable-prefix-caching --enforce-eager
         --num-gpu-blocks-override 256 --host 127.0.0.1 --port P
 
-with VLLM_CPU_OMP_THREADS_BIND=<one core id> (replica i gets core i mod ncores),
-VLLM_CPU_KVCACHE_SPACE=1 and HF_HUB_OFFLINE=1. (`vllm serve` does not work:
+pinned whole to one core (replica i gets core i mod ncores; also
+VLLM_CPU_OMP_THREADS_BIND), with VLLM_CPU_KVCACHE_SPACE=1 and HF_HUB_OFFLINE=1. (`vllm serve` does not work:
 the distribution is named vllm-cpu, so vLLM's CLI entry point cannot find it.)
 
 From Python:
@@ -81,8 +81,12 @@ class VllmReplica:
         self.ready_s = None
         self._log = open(self.log_path, "wb")
         # Own process group: stop() ends the server and the engine core it forks.
+        # The whole replica runs on its core: vLLM's engine-core process spins
+        # (sched_yield) while its worker computes, and unpinned it would take a
+        # second core from everything else on the machine.
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=lambda: os.sched_setaffinity(0, {core}))
 
     def poll_ready(self):
         if self.ready_s is None and http_ok(f"http://{self.address}/health"):
