@@ -158,3 +158,38 @@ def test_client_abort_while_waiting_on_redis_leaks_nothing(make_host, redis_serv
     host.run_callouts()
     host.run_callouts()
     assert redis_inflight(redis_server) == {}
+
+
+def redis_calls(redis_server, command):
+    """How many times Redis ran `command` (INFO commandstats)."""
+    info = redis_server.command("INFO", "commandstats").decode(errors="replace")
+    for line in info.split("\r\n"):
+        if line.startswith(f"cmdstat_{command}:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+def test_pick_script_is_sent_once_then_by_sha_even_after_a_flush(make_host, redis_server):
+    clear_redis(redis_server)
+    redis_server.command("CONFIG", "RESETSTAT")
+    host = start(make_host, "global_least_request", target="higress", redis_server=redis_server)
+
+    def one_request():
+        cid, action = send(host)
+        assert action == PAUSE
+        host.run_callouts()
+        assert host.is_request_resumed(cid)
+        assert decision(host, cid)["state"] == "redis"
+        finish(host, cid)
+        host.run_callouts()  # the release
+
+    for _ in range(5):
+        one_request()
+    assert (redis_calls(redis_server, "eval") - 5, redis_calls(redis_server, "evalsha")) == (1, 4)
+    redis_server.command("SCRIPT", "FLUSH")  # as after a Redis restart: the script is gone
+    one_request()  # NOSCRIPT, then the script again: still decided in Redis
+    one_request()
+    assert redis_calls(redis_server, "evalsha") == 4 + 2
+    assert redis_calls(redis_server, "eval") - 7 == 2  # 7 releases; the pick script twice
+    assert redis_inflight(redis_server) == {}
+    assert not [m for m in host.get_logs() if "Redis unusable" in m]

@@ -263,7 +263,7 @@ class LoadBalancerStream(HttpContext):
         command = redis_state.pick_command(
             self.cluster, self.root.vm_id, self.cfg.lease_s * 1000, self.rotation,
             self.candidates, self.hashes, gap, self.cfg.max_request_count, self.cfg.key_ttl_s,
-            self._min_blocks())
+            self._min_blocks(), self.root.pick_script_cached)
         try:
             # Owned by the root: its answer arrives even if this stream is gone,
             # so a count Redis made for it can always be released.
@@ -282,8 +282,19 @@ class LoadBalancerStream(HttpContext):
             failure = None if status == 0 else f"redis call status {status}"
         except redis_state.LimitReached:
             pick, failure = "limit", None
+        except redis_state.NoScript:
+            self.root.pick_script_cached = False
+            if self.awaiting_redis:  # nothing was counted: ask again, sending the script
+                self.awaiting_redis = False
+                self.root.waiting.pop(self.context_id, None)
+                hostcalls.set_effective_context(self.context_id)
+                if self._ask_redis() == CONTINUE:
+                    self.resume_request()
+            return
         except (ValueError, resp.RedisError) as exc:
             pick, failure = None, f"unexpected reply: {exc}"
+        if pick is not None:
+            self.root.pick_script_cached = True
         if not self.awaiting_redis:
             # The stream ended or went on after a timeout: uncount the late pick.
             if isinstance(pick, picking.Pick):

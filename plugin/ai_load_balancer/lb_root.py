@@ -39,6 +39,7 @@ class LoadBalancerRoot(RootContext):
         self.waiting = {}             # context id -> stream paused on a Redis reply
         self.redis_clusters = set()   # clusters this VM counted requests in (lease renewal)
         self.redis = None
+        self.pick_script_cached = False  # Redis answered the pick script: EVALSHA from now
         self.least_busy = self.health = None
         self.round_robin = 0
         self.wrr = SmoothWeightedRoundRobin()

@@ -11,6 +11,8 @@ gateway. A gateway that dies stops renewing its lease: its counts stop counting
 and its hash expires. Counts never go below zero.
 """
 
+import hashlib
+
 from proxywasm import resp
 
 from .picking import Pick
@@ -103,8 +105,16 @@ return 1
 """
 
 
+PICK_SHA = hashlib.sha1(PICK_SCRIPT.encode()).hexdigest()
+
+
 class LimitReached(Exception):
     """Every replica already has maxRequestCount requests in flight."""
+
+
+class NoScript(Exception):
+    """Redis does not hold the pick script (restarted, or flushed): nothing was
+    counted; send it again with EVAL."""
 
 
 def key_prefix(cluster):
@@ -112,18 +122,25 @@ def key_prefix(cluster):
 
 
 def pick_command(cluster, gateway, lease_ms, rotation, candidates, hashes=(),
-                 max_load_gap=-1, limit=0, ttl_s=1800, min_blocks=1):
-    """EVAL that picks among `candidates` and counts the pick. With hashes and a
-    max_load_gap >= 0 it is prefix_cache's pick, otherwise least request."""
-    return resp.command("EVAL", PICK_SCRIPT, 1, key_prefix(cluster), gateway, lease_ms,
+                 max_load_gap=-1, limit=0, ttl_s=1800, min_blocks=1, cached=False):
+    """The script call that picks among `candidates` and counts the pick. With
+    hashes and a max_load_gap >= 0 it is prefix_cache's pick, otherwise least
+    request. `cached`: Redis holds the script, send its SHA1 only (EVALSHA)."""
+    head = ("EVALSHA", PICK_SHA) if cached else ("EVAL", PICK_SCRIPT)
+    return resp.command(*head, 1, key_prefix(cluster), gateway, lease_ms,
                         rotation, max_load_gap, limit, ttl_s, min_blocks, len(candidates),
                         *candidates, *hashes)
 
 
 def parse_pick(reply_bytes):
-    """The Pick from the pick script's reply. Raises LimitReached, RedisError,
-    or ValueError for a reply that is not the script's."""
-    address, inflight, matched, reason = resp.reply(reply_bytes)
+    """The Pick from the pick script's reply. Raises LimitReached, NoScript,
+    RedisError, or ValueError for a reply that is not the script's."""
+    try:
+        address, inflight, matched, reason = resp.reply(reply_bytes)
+    except resp.RedisError as exc:
+        if str(exc).startswith("NOSCRIPT"):
+            raise NoScript() from None
+        raise
     pick = Pick(address.decode(), int(inflight), int(matched), reason.decode())
     if pick.reason == "limit":
         raise LimitReached()
