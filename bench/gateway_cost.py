@@ -43,7 +43,6 @@ import platform
 import shlex
 import socket
 import statistics
-import subprocess
 import sys
 import time
 
@@ -97,31 +96,10 @@ def _serve(count):
     replicas.stop()
 
 
-class Replicas:
-    def __init__(self, count):
-        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__),
-                                      "--serve-replicas", str(count)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        line = harness._readline_with_timeout(self.proc.stdout, 30)
-        if not line:
-            self.stop()
-            raise RuntimeError("replica process did not start")
-        self.endpoints = json.loads(line)["endpoints"]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-                self.proc.wait(10)
-            except (subprocess.TimeoutExpired, OSError):
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
+def replica_process(count):
+    """`count` replicas serving _serve's answers, in a child process."""
+    return harness.ReplicaProcess(count, timeout=30, command=[
+        sys.executable, os.path.abspath(__file__), "--serve-replicas", str(count)])
 
 
 # --- Envoy configurations -------------------------------------------------------------------
@@ -265,7 +243,7 @@ def measure_scraping(args, wasm, workdir, log):
     """Envoy CPU per second, no traffic, least_busy scraping N replicas every second."""
     out = {}
     for count in (4, 16):
-        with Replicas(count) as replicas:
+        with replica_process(count) as replicas:
             for name in ("no filter", "least_busy"):
                 envoy = make_envoy(name, replicas.endpoints, wasm, args.concurrency,
                                    os.path.join(workdir, f"scrape-{count}"))
@@ -306,7 +284,7 @@ def measure_edge(args, wasm, workdir, log):
     sizes = {"1 MiB - 1 KB": mib - 1024, "1 MiB - 1 B": mib - 1, "1 MiB": mib,
              "1 MiB + 1 B": mib + 1, "4 MiB": 4 * mib}
     out = {}
-    with Replicas(2) as replicas:
+    with replica_process(2) as replicas:
         for name in ("no filter", "prefix_cache"):
             envoy = make_envoy(name, replicas.endpoints, wasm, args.concurrency,
                                os.path.join(workdir, "edge"))
@@ -481,7 +459,7 @@ def main(argv=None):
     wasm = args.wasm or harness.build_plugin()
     workdir = os.path.join(harness.TMP_DIR, f"gateway-cost-{os.getpid()}")
     rows, rss, problems, streaming, scraping, starts, memory, edge = [], {}, {}, {}, {}, {}, {}, {}
-    with Replicas(args.replicas) as replicas:
+    with replica_process(args.replicas) as replicas:
         if "latency" not in skip:
             rows, rss, problems = measure_latency(args, replicas.endpoints, wasm, workdir, log)
         if "startup" not in skip:

@@ -223,11 +223,14 @@ class ReplicaSet:
 
 
 class ReplicaProcess:
-    """Replicas in a child Python process (no GIL shared with the caller)."""
+    """Replicas in a child Python process (no GIL shared with the caller). `command`:
+    a child that prints {"endpoints": [...]} and serves until its stdin closes
+    (default: this module's `replicas` command)."""
 
-    def __init__(self, count, timeout=15):
+    def __init__(self, count, timeout=15, command=None):
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "replicas", "--count", str(count)],
+            command or [sys.executable, os.path.abspath(__file__), "replicas", "--count",
+                        str(count)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = _readline_with_timeout(self.proc.stdout, timeout)
         if not line:
