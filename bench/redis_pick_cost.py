@@ -6,7 +6,8 @@ the release each pick is followed by (always EVAL: it is short).
 
 Starts a redis-server on loopback, runs the plugin's own pick and release commands
 over one connection, and reports bytes per pick, Redis's own time per pick and
-release (INFO commandstats) and the client's round trip for both.
+release (INFO commandstats) and the client's round trip for both. Every pick
+sends the same prompt, so after the first the chosen replica holds its blocks.
 """
 
 import argparse

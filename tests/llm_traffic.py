@@ -97,6 +97,15 @@ def embedded_inflight(host):
     return counts
 
 
+def redis_calls(redis_server, command):
+    """How many times Redis ran `command` since its last CONFIG RESETSTAT."""
+    info = resp.reply(redis_server.command("INFO", "commandstats")).decode(errors="replace")
+    for line in info.split("\r\n"):
+        if line.startswith(f"cmdstat_{command}:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
 def redis_inflight(redis_server, cluster=CLUSTER):
     """{replica: in flight} summed over the gateways' hashes in Redis."""
     counts = {}

@@ -8,7 +8,7 @@ import time
 
 from proxywasm.context import CONTINUE, PAUSE
 from tests.llm_traffic import (REPLICAS, clear_redis, decision, embedded_inflight, finish,
-                               pinned, redis_inflight, send, start)
+                               pinned, redis_calls, redis_inflight, send, start)
 
 
 def test_embedded_counts_are_exact_across_workers_and_return_to_zero(make_host, shared_store):
@@ -158,15 +158,6 @@ def test_client_abort_while_waiting_on_redis_leaks_nothing(make_host, redis_serv
     host.run_callouts()
     host.run_callouts()
     assert redis_inflight(redis_server) == {}
-
-
-def redis_calls(redis_server, command):
-    """How many times Redis ran `command` (INFO commandstats)."""
-    info = redis_server.command("INFO", "commandstats").decode(errors="replace")
-    for line in info.split("\r\n"):
-        if line.startswith(f"cmdstat_{command}:"):
-            return int(line.split("calls=")[1].split(",")[0])
-    return 0
 
 
 def test_pick_script_is_sent_once_then_by_sha_even_after_a_flush(make_host, redis_server):

@@ -8,7 +8,7 @@ from ai_load_balancer import llm_request, prefix_hash
 from proxywasm import resp
 from proxywasm.context import CONTINUE, PAUSE
 from tests.llm_traffic import (CLUSTER, REPLICAS, chat_body, clear_redis, decision, finish, pinned,
-                               redis_inflight, send, start)
+                               redis_calls, redis_inflight, send, start)
 
 SYSTEM = "You are a careful assistant. Answer in English. " * 8   # ~390 bytes, 6 blocks
 DOCUMENT = "".join(f"Clause {i}: the tenant pays rent on day {i % 28 + 1}. " for i in range(120))
@@ -148,6 +148,25 @@ def test_conversation_sticks_across_gateways_through_redis(make_host, redis_serv
     for host in gateways:
         host.run_callouts()  # the releases each gateway sent as its streams ended
     assert redis_inflight(redis_server) == {}
+
+
+def test_redis_records_only_the_blocks_a_replica_does_not_hold_yet(make_host, redis_server):
+    clear_redis(redis_server)
+    host = start(make_host, "prefix_cache", target="higress", redis_server=redis_server,
+                 redisKeyTTL=120)
+    bodies = conversation(3)
+    blocks = [len(prefix_hash.block_hashes(llm_request.parse(b).cache_namespace,
+                                           llm_request.parse(b).prompt)) for b in bodies]
+    written = []
+    for turn, body in enumerate(bodies):
+        if turn == 2:  # the chain's first block is aging: the whole chain is rewritten
+            for key in redis_keys(redis_server, f"ailb:{{{CLUSTER}}}:pc:*"):
+                redis_server.command("EXPIRE", key, 30)
+        redis_server.command("CONFIG", "RESETSTAT")
+        route(host, body)
+        host.run_callouts()
+        written.append(redis_calls(redis_server, "set"))
+    assert written == [blocks[0], blocks[1] - blocks[0], blocks[2]]
 
 
 def redis_keys(redis_server, pattern):

@@ -7,7 +7,9 @@ Keys, all under one hash tag so a Redis Cluster keeps them in one slot:
 
 The pick script applies picking.py's rules to the sum over live gateways and
 counts the pick in the same step, so a count can never be read stale by another
-gateway. A gateway that dies stops renewing its lease: its counts stop counting
+gateway. It records the prompt's blocks for the pick from the first one the
+pick does not hold yet (all of them when the first block has less than half its
+TTL left, which refreshes the chain). A gateway that dies stops renewing its lease: its counts stop counting
 and its hash expires. Counts never go below zero.
 """
 
@@ -80,7 +82,12 @@ if best == nil then
 end
 redis.call('HINCRBY', p .. ':n:' .. gw, best, 1)
 redis.call('PEXPIRE', p .. ':n:' .. gw, lease)
-for i = 1, nh do redis.call('SET', p .. ':pc:' .. ARGV[h0 + i], best, 'EX', ttl) end
+local from = 1
+local held = matched[best] or 0
+if held > 0 and redis.call('PTTL', p .. ':pc:' .. ARGV[h0 + 1]) > ttl * 500 then
+  from = held + 1
+end
+for i = from, nh do redis.call('SET', p .. ':pc:' .. ARGV[h0 + i], best, 'EX', ttl) end
 return {best, bestc, bestm, reason}
 """
 
