@@ -51,9 +51,9 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, os.path.join(ROOT, "envoy-test")]
 
 import harness  # noqa: E402
-from bench import report  # noqa: E402
-from bench_overhead import (Scenario, cpu_model, envoy_version, measure_memory_by_concurrency,  # noqa: E402
-                            measure_starts)
+from bench import policies, report  # noqa: E402
+from bench_overhead import (Scenario, cpu_model, envoy_version, interleaved,  # noqa: E402
+                            measure_memory_by_concurrency, measure_starts)
 from bench_policies import chat_body  # noqa: E402
 
 SIZES = {"1 KB": 1024, "32 KB": 32 * 1024, "256 KB": 256 * 1024}
@@ -113,26 +113,13 @@ class _Config(harness.EnvoyConfig):
         return doc
 
 
-def plugin_config(name, endpoints):
-    if name == "plugin idle":
-        return {"lb_policy": "header"}
-    fields = {"endpoints": list(endpoints)}
-    policy = name
-    if name.startswith("least_busy"):
-        policy = "least_busy"
-        fields["metricsCluster"] = "backend"
-        if name == "least_busy-weighted":
-            fields["metric_policy"] = "weighted"
-    return {"lb_policy": policy, "lb_config": fields}
-
-
 def make_envoy(name, endpoints, wasm, concurrency, workdir):
     if name == "no filter":
         base = harness.EnvoyConfig.simple(endpoints, concurrency=concurrency,
                                           override_host=False, fallback_policy="least_request")
     else:
         base = harness.EnvoyConfig.simple(endpoints, wasm_path=wasm, concurrency=concurrency,
-                                          plugin_config=plugin_config(name, endpoints),
+                                          plugin_config=policies.plugin_config(name, endpoints),
                                           fallback_policy="least_request")
     config = _Config(base.listeners, base.clusters, base.admin_port, base.concurrency)
     return harness.Envoy(config, os.path.join(workdir, name.replace(" ", "-")))
@@ -172,21 +159,15 @@ def measure_latency(args, endpoints, wasm, workdir, log):
                              body_for=lambda i, b=bodies[size]: b[i % len(b)])
                 s.size, s.config, s.decision = size, name, [0.0, 0]
                 scenarios.append(s)
-        for s in scenarios:
-            s.run(args.rate, args.warmup, args.connections, record=False)
-        per_round = args.duration / args.rounds
-        for n in range(args.rounds):
-            order = scenarios[n % len(scenarios):] + scenarios[:n % len(scenarios)]
-            for s in order:
-                before = decision_histogram(s.envoy if s.config != "no filter" else None)
-                samples, errors = s.run(args.rate, per_round, args.connections)
-                time.sleep(0.3)  # a stats flush
-                after = decision_histogram(s.envoy if s.config != "no filter" else None)
-                s.decision[0] += after[0] - before[0]
-                s.decision[1] += after[1] - before[1]
-                if errors:
-                    log(f"round {n + 1}: {s.name}: {len(errors)} errors, e.g. {errors[0]}")
-            log(f"round {n + 1} of {args.rounds} done")
+        for n, s, seconds in interleaved(scenarios, args):
+            before = decision_histogram(s.envoy if s.config != "no filter" else None)
+            samples, errors = s.run(args.rate, seconds, args.connections)
+            time.sleep(0.3)  # a stats flush
+            after = decision_histogram(s.envoy if s.config != "no filter" else None)
+            s.decision[0] += after[0] - before[0]
+            s.decision[1] += after[1] - before[1]
+            log(f"round {n + 1} of {args.rounds}: {s.name}: {len(samples)} answers"
+                + (f", {len(errors)} errors, e.g. {errors[0]}" if errors else ""))
         rss = {n: e.rss_bytes() for n, e in envoys.items()}
         problems = {n: [line for line in e.log().splitlines()
                         if "Traceback" in line or "Wasm VM failed" in line][:3]

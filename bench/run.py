@@ -45,7 +45,7 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, os.path.join(ROOT, "envoy-test")]
 
 import harness  # noqa: E402
-from bench import backends, report, workloads  # noqa: E402
+from bench import backends, policies, report, workloads  # noqa: E402
 from bench.loadgen import Runner  # noqa: E402
 from bench.oracle import Ceiling, Oracle  # noqa: E402
 
@@ -53,20 +53,6 @@ POLICIES = ["envoy-rr", "envoy-lr", "global_least_request", "prefix_cache", "lea
             "least_busy-weighted", "oracle"]
 SUITE = ["mrqa-scaled", "mrqa-heavy", "doc-qa", "sysprompt", "sharegpt", "lora"]
 DEMO_POLICIES = ["envoy-rr", "envoy-lr", "prefix_cache", "oracle"]
-
-
-def plugin_config(policy, endpoints, extra):
-    if policy == "oracle":
-        return {"lb_policy": "header"}
-    fields = {"endpoints": list(endpoints), "debugHeader": True}
-    name = policy
-    if policy.startswith("least_busy"):
-        name = "least_busy"
-        fields["metricsCluster"] = "backend"
-        if policy == "least_busy-weighted":
-            fields["metric_policy"] = "weighted"
-    fields.update(extra.get(policy, {}))
-    return {"lb_policy": name, "lb_config": fields}
 
 
 def envoy_for(policy, endpoints, wasm, args, workdir):
@@ -77,7 +63,8 @@ def envoy_for(policy, endpoints, wasm, args, workdir):
     else:
         config = harness.EnvoyConfig.simple(
             endpoints, wasm_path=wasm, concurrency=args.concurrency,
-            plugin_config=plugin_config(policy, endpoints, args.lb_config),
+            plugin_config=policies.plugin_config(policy, endpoints, debugHeader=True,
+                                                **args.lb_config.get(policy, {})),
             fallback_policy="least_request")
     config.listeners[0].route_timeout_s = args.timeout
     return harness.Envoy(config, os.path.join(workdir, policy))

@@ -167,6 +167,18 @@ def summarize(values_s):
             "mean": statistics.fmean(v) if v else float("nan"), "max": v[-1] if v else float("nan")}
 
 
+def interleaved(scenarios, args):
+    """Warms every scenario up (unrecorded), then yields (round, scenario, seconds)
+    for args.rounds rounds of args.duration in all, the order rotated each round
+    so the machine's slow drifts fall on every scenario alike. The caller runs the
+    scenario for `seconds`."""
+    for s in scenarios:
+        s.run(args.rate, args.warmup, args.connections, record=False)
+    for n in range(args.rounds):
+        for s in scenarios[n % len(scenarios):] + scenarios[:n % len(scenarios)]:
+            yield n, s, args.duration / args.rounds
+
+
 class Scenario:
     def __init__(self, name, port, envoy=None, headers_for=lambda i: {}, expect=None,
                  body_for=None):
@@ -429,15 +441,10 @@ def main(argv=None):
                          headers_for=lambda i: {"x-ailb-endpoint": endpoints[i % len(endpoints)]},
                          expect=lambda s: replicas.names[s.index % len(endpoints)]),
             ]
-            for scenario in scenarios:
-                scenario.run(args.rate, args.warmup, args.connections, record=False)
-            per_round = args.duration / args.rounds
-            for n in range(args.rounds):
-                order = scenarios[n % len(scenarios):] + scenarios[:n % len(scenarios)]
-                for scenario in order:
-                    samples, errors = scenario.run(args.rate, per_round, args.connections)
-                    print(f"round {n + 1}: {scenario.name}: {len(samples)} answers, "
-                          f"{len(errors)} errors", flush=True)
+            for n, scenario, seconds in interleaved(scenarios, args):
+                samples, errors = scenario.run(args.rate, seconds, args.connections)
+                print(f"round {n + 1}: {scenario.name}: {len(samples)} answers, "
+                      f"{len(errors)} errors", flush=True)
             rss_loaded = {"envoy": plain.rss_bytes(), "plugin": plugged.rss_bytes()}
             rows = [s.row() for s in scenarios]
             problems = [line for line in plugged.log().splitlines()

@@ -43,7 +43,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
-from bench_overhead import Scenario, cpu_model, envoy_version, fmt  # noqa: E402
+from bench_overhead import Scenario, cpu_model, envoy_version, fmt, interleaved  # noqa: E402
 
 REPLICAS = 4
 BLOCK = 64
@@ -124,15 +124,10 @@ def measure_cost(args, wasm, workdir, log):
                 s = Scenario(f"{kind} | {label[policy]}", envoy.port, envoy, body_for=body_for)
                 s.kind, s.policy = kind, policy
                 scenarios.append(s)
-            for s in scenarios:
-                s.run(args.rate, args.warmup, args.connections, record=False)
-            per_round = args.duration / args.rounds
-            for n in range(args.rounds):
-                order = scenarios[n % len(scenarios):] + scenarios[:n % len(scenarios)]
-                for s in order:
-                    samples, errors = s.run(args.rate, per_round, args.connections)
-                    log(f"(a) round {n + 1}: {s.name}: {len(samples)} answers, "
-                        f"{len(errors)} errors")
+            for n, s, seconds in interleaved(scenarios, args):
+                samples, errors = s.run(args.rate, seconds, args.connections)
+                log(f"(a) round {n + 1}: {s.name}: {len(samples)} answers, "
+                    f"{len(errors)} errors")
             problems = {label[p]: plugin_problems(e) for p, e in envoys.items() if p}
         finally:
             for envoy in envoys.values():
