@@ -333,11 +333,15 @@ class Listener:
     wasm: WasmFilter = None
     route_timeout_s: float = 15.0
     retry_policy: dict = None      # the route's retry_policy, e.g. retry_policy(2)
+    routes: list = None            # [(route name, path prefix)], in match order; None: "/"
 
     def render(self):
         route = {"cluster": self.cluster, "timeout": f"{self.route_timeout_s}s"}
         if self.retry_policy:
             route["retry_policy"] = self.retry_policy
+        routes = [{"match": {"prefix": "/"}, "route": route}] if self.routes is None else [
+            {"name": name, "match": {"prefix": prefix}, "route": route}
+            for name, prefix in self.routes]
         http_filters = [self.wasm.render()] if self.wasm else []
         http_filters.append({"name": "envoy.filters.http.router", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
@@ -352,7 +356,7 @@ class Listener:
                     "stat_prefix": self.name,
                     "route_config": {"name": f"{self.name}_route", "virtual_hosts": [{
                         "name": "all", "domains": ["*"],
-                        "routes": [{"match": {"prefix": "/"}, "route": route}]}]},
+                        "routes": routes}]},
                     "http_filters": http_filters,
                 },
             }]}],

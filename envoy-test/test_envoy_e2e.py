@@ -117,7 +117,8 @@ def test_stats_count_the_requests(plugin_envoy):
 # --- invalid configuration ---------------------------------------------------------------
 
 @pytest.mark.parametrize("plugin_config, message", [
-    ({"lb_policy": "nope"}, "invalid configuration: lb_policy: unknown policy 'nope'"),
+    ({"lb_policy": "nope"},
+     "invalid configuration: lb_policy: 'nope' is not an lb_type endpoint policy"),
     ("{not json", "invalid configuration: configuration is not valid JSON"),
 ])
 def test_invalid_configuration_is_rejected(start_envoy, replicas, production_wasm,

@@ -9,7 +9,8 @@ import re
 import pytest
 import yaml
 
-from ai_load_balancer import config
+from ai_load_balancer import rules
+from higress import wasmplugin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = sorted(glob.glob(os.path.join(ROOT, "*.md")) + glob.glob(os.path.join(ROOT, "docs", "*.md")))
@@ -27,7 +28,7 @@ def examples():
 
 @pytest.mark.parametrize("doc", list(examples()))
 def test_documented_config_is_accepted(doc):
-    _, warnings = config.parse(json.dumps(doc).encode())
+    _, warnings = rules.parse(json.dumps(doc).encode())
     assert warnings == []
 
 
@@ -55,18 +56,22 @@ def wasm_plugins():
 
 
 @pytest.mark.parametrize("plugin", list(wasm_plugins()))
-def test_wasmplugin_manifest_is_complete_and_its_configs_accepted(plugin):
+def test_wasmplugin_manifest_is_complete_and_what_higress_delivers_is_accepted(plugin):
     assert plugin["apiVersion"] == "extensions.higress.io/v1alpha1"
     spec = plugin["spec"]
     assert spec["url"].startswith("oci://") and spec["failStrategy"] == "FAIL_OPEN"
     assert "phase" in spec and isinstance(spec["priority"], int)
-    configs = [rule["config"] for rule in spec.get("matchRules", [])]
-    if "defaultConfig" in spec:
-        configs.append(spec["defaultConfig"])
-    assert configs
-    for doc in configs:
-        _, warnings = config.parse(json.dumps(doc).encode())
-        assert warnings == []
+    parsed, warnings = rules.parse(wasmplugin.plugin_configuration(plugin))
+    assert warnings == []
+    configured = [rule["config"]["lb_policy"] for rule in spec["matchRules"]
+                  if not rule.get("configDisable")]
+    assert [rule.config.policy for rule in parsed.rules] == [
+        rules.ALIASES.get(p, p) for p in configured]
+
+
+def test_manifests_have_distinct_names():
+    names = [p.values[0]["metadata"]["name"] for p in wasm_plugins()]
+    assert len(names) == len(set(names)) >= 3
 
 
 def test_redis_service_registration_matches_the_manifests():
@@ -86,8 +91,9 @@ def test_compose_harness_and_its_envoy_config_agree():
     envoy = load_yaml(COMPOSE_ENVOY)
     wasm = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
         "typed_config"]["http_filters"][0]["typed_config"]["config"]
-    plugin_config, warnings = config.parse(wasm["configuration"]["value"].encode())
+    parsed, warnings = rules.parse(wasm["configuration"]["value"].encode())
     assert warnings == []
+    plugin_config = parsed.default
     replicas = [f"{s['networks']['llm']['ipv4_address']}:8000"
                 for name, s in compose["services"].items() if name.startswith("replica-")]
     assert sorted(plugin_config.endpoints) == sorted(replicas)

@@ -13,12 +13,13 @@ from proxywasm import resp
 # --- configuration ---------------------------------------------------------------
 
 def test_higress_example_config_is_accepted():
-    cfg, warnings = config.parse(json.dumps({
+    cfg, warnings = config.parse_doc({
         "lb_policy": "prefix_cache", "lb_type": "endpoint",
         "lb_config": {"serviceFQDN": "redis.static", "servicePort": 6379, "username": "default",
                       "password": "123456", "timeout": 3000, "database": 0, "redisKeyTTL": 1800,
-                      "maxRequestCount": 64, "cleanInterval": 60000, "enableDetailLog": True}}))
-    assert warnings == []
+                      "maxRequestCount": 64, "cleanInterval": 60000, "enableDetailLog": True}})
+    assert warnings == ["lb_config.cleanInterval: not used by lb_policy prefix_cache (it is read "
+                        "by global_least_request), ignored"]
     assert cfg.policy == "prefix_cache"
     assert cfg.redis == config.RedisConfig("outbound|6379||redis.static", "default", "123456",
                                            3000, 0)
@@ -26,17 +27,19 @@ def test_higress_example_config_is_accepted():
 
 
 def test_config_without_redis_is_embedded():
-    cfg, _ = config.parse(b'{"lb_policy": "global_least_request", '
-                          b'"lb_config": {"endpoints": ["10.0.0.2:80", "10.0.0.1:80"]}}')
+    cfg, _ = config.parse_doc({"lb_policy": "global_least_request",
+                               "lb_config": {"endpoints": ["10.0.0.2:80", "10.0.0.1:80"]}})
     assert cfg.redis is None
     assert cfg.endpoints == ("10.0.0.1:80", "10.0.0.2:80")
 
 
 @pytest.mark.parametrize("doc, field", [
     ({"lb_policy": "nope"}, "lb_policy"),
-    ({"lb_policy": "prefix_cache", "lb_type": "cluster"}, "lb_type"),
+    ({"lb_policy": "prefix_cache", "lb_type": "cluster"}, "lb_policy"),
+    ({"lb_policy": "prefix_cache", "lb_type": "pods"}, "lb_type"),
+    ({"lb_config": {"serviceFQDN": "r", "servicePort": 6379}}, "lb_policy"),
     ({"lb_policy": "prefix_cache", "lb_config": {"serviceFQDN": "r"}}, "lb_config.servicePort"),
-    ({"lb_policy": "prefix_cache", "lb_config": {"servicePort": "6379", "serviceFQDN": "r"}},
+    ({"lb_policy": "prefix_cache", "lb_config": {"servicePort": "63x9", "serviceFQDN": "r"}},
      "lb_config.servicePort"),
     ({"lb_policy": "prefix_cache", "lb_config": {"timeout": -1}}, None),
     ({"lb_policy": "prefix_cache", "lb_config": {"redisKeyTTL": 0}}, "lb_config.redisKeyTTL"),
@@ -47,15 +50,18 @@ def test_config_without_redis_is_embedded():
 ])
 def test_invalid_config_names_the_field(doc, field):
     if field is None:  # timeout is only read with serviceFQDN: no error without it
-        config.parse(json.dumps(doc))
+        config.parse_doc(doc)
         return
     with pytest.raises(config.ConfigError, match=f"^{field}"):
-        config.parse(json.dumps(doc))
+        config.parse_doc(doc)
 
 
 def test_unknown_field_is_a_warning_not_an_error():
-    _, warnings = config.parse(b'{"lb_policy": "prefix_cache", "lb_config": {"redisKeyTtl": 5}}')
-    assert warnings == ["lb_config.redisKeyTtl: unknown field, ignored"]
+    _, warnings = config.parse_doc({"lb_policy": "prefix_cache",
+                                    "lb_config": {"redisKeyTtl": 5, "hashKey": {"header": "a"}}})
+    assert warnings == ["lb_config.hashKey: not used by lb_policy prefix_cache (it is read by "
+                        "consistent_hash), ignored",
+                        "lb_config.redisKeyTtl: unknown field, ignored"]
 
 
 # --- request extraction ------------------------------------------------------------
@@ -244,9 +250,9 @@ def test_release_never_goes_below_zero(redis_server):
 
 def test_least_busy_config_and_higress_aliases():
     for name in ("least_busy", "endpoint_metrics", "metrics_based"):
-        cfg, warnings = config.parse(json.dumps({"lb_policy": name, "lb_config": {
+        cfg, warnings = config.parse_doc({"lb_policy": name, "lb_config": {
             "criticalModels": ["meta-llama/Llama-2-7b-hf", "sql-lora"], "metric_policy": "least",
-            "target_metric": "vllm:num_requests_running", "rate_limit": 0.6}}))
+            "target_metric": "vllm:num_requests_running", "rate_limit": 0.6}})
         assert warnings == [] and cfg.policy == "least_busy"
         assert cfg.metrics.critical_models == {"meta-llama/Llama-2-7b-hf", "sql-lora"}
         assert (cfg.metrics.metric_policy, cfg.metrics.rate_limit) == ("least", 0.6)
@@ -262,4 +268,4 @@ def test_least_busy_config_and_higress_aliases():
 ])
 def test_invalid_least_busy_config_names_the_field(fields, field):
     with pytest.raises(config.ConfigError, match=f"^{field}"):
-        config.parse(json.dumps({"lb_policy": "least_busy", "lb_config": fields}))
+        config.parse_doc({"lb_policy": "least_busy", "lb_config": fields})

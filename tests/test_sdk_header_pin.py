@@ -83,10 +83,12 @@ def test_many_streams_in_one_vm(make_host):
 @pytest.mark.parametrize("configuration, field", [
     (b'{"lb_policy": "nope"}', "lb_policy"),
     (b'{"lb_policy": "header", "lb_config": []}', "lb_config"),
-    (b'{"lb_config": {"header": ""}}', "lb_config.header"),
+    (b'{"lb_policy": "header", "lb_config": {"header": ""}}', "lb_config.header"),
+    (b'{"lb_config": {"header": "x-replica"}}', "lb_policy: required"),
     (b'{"lb_policy": ', "JSON"),
     (b"lb_policy: header", "JSON"),
-], ids=["unknown-policy", "lb_config-not-object", "empty-header", "truncated-json", "yaml"])
+], ids=["unknown-policy", "lb_config-not-object", "empty-header", "no-policy", "truncated-json",
+         "yaml"])
 def test_an_invalid_configuration_is_rejected_and_named(make_host, configuration, field):
     host = make_host()
     assert host.start_plugin(configuration) is False

@@ -32,7 +32,8 @@ METRICS = ("least_busy", "queue_depth")
 class LoadBalancerStream(HttpContext):
     def __init__(self, context_id, root):
         super().__init__(context_id, root)
-        self.cfg = root.config
+        self.lb = None                # the Balancer of this request's configuration
+        self.cfg = None               # its LBConfig
         self.cluster = None
         self.candidates, self.hashes, self.rotation = (), (), 0
         self.request = None           # the parsed LLM request, when the body was read
@@ -50,13 +51,17 @@ class LoadBalancerStream(HttpContext):
 
     def on_request_headers(self, num_headers, end_of_stream):
         endpoint_override.strip_client_override()
+        self.lb = self.root.balancer_for_request()
+        if self.lb is None:
+            return CONTINUE  # no rule and no global configuration: not ours
+        self.cfg = self.lb.config
         if self.cfg.policy == "header":
             wanted = hostcalls.get_header(hostcalls.REQUEST_HEADERS, self.cfg.header)
             if wanted:
                 endpoint_override.pin([wanted.strip()])
             return CONTINUE
-        self.cluster = endpoints.cluster_name()
-        self.root.learn_cluster(self.cluster)
+        self.cluster = endpoints.cluster_name() or "default"
+        self.lb.learn_cluster(self.cluster)
         if self._needs_body() and not end_of_stream:
             length = hostcalls.get_header(hostcalls.REQUEST_HEADERS, "content-length")
             if length and length.isdigit() and int(length) > self.cfg.max_body_bytes:
@@ -87,11 +92,11 @@ class LoadBalancerStream(HttpContext):
             try:
                 self.request = llm_request.parse(body)
             except llm_request.NotAnLLMRequest as exc:
-                self.root.limiter.log(hostcalls.DEBUG, "not llm", f"no prompt to match: {exc}")
+                self.lb.limiter.log(hostcalls.DEBUG, "not llm", f"no prompt to match: {exc}")
         return self._decide()
 
     def _too_large(self, size):
-        self.root.limiter.log(hostcalls.WARN, "large body", f"body of {size} bytes is over "
+        self.lb.limiter.log(hostcalls.WARN, "large body", f"body of {size} bytes is over "
                               f"maxBodyBytes; routing it without its prompt")
         return self._decide()
 
@@ -108,8 +113,8 @@ class LoadBalancerStream(HttpContext):
             tried = self.pinned[:self.pinned.index(address)] if address in self.pinned \
                 else self.pinned
             for failed in tried:
-                self.root.health.observe(failed, True, now_ms)
-        self.root.health.observe(address, status.startswith("5"), now_ms)
+                self.lb.health.observe(failed, True, now_ms)
+        self.lb.health.observe(address, status.startswith("5"), now_ms)
         if self.cfg.debug_header:
             p = self.pick
             hostcalls.replace_header(
@@ -120,10 +125,12 @@ class LoadBalancerStream(HttpContext):
 
     def on_log(self):
         """The stream ended, however it ended: uncount it."""
+        if self.lb is None:
+            return
         self.awaiting_redis = False
-        self.root.waiting.pop(self.context_id, None)
+        self.lb.waiting.pop(self.context_id, None)
         if self.counted_in == "embedded":
-            self.root.inflight.release(self.pick.address, hostcalls.now_ns() // 1_000_000)
+            self.lb.inflight.release(self.pick.address, hostcalls.now_ns() // 1_000_000)
         elif self.counted_in == "redis":
             self._release_in_redis(self.pick.address)
         self.counted_in = None
@@ -132,24 +139,25 @@ class LoadBalancerStream(HttpContext):
 
     def _decide(self):
         self.started_ns = now_ns = hostcalls.now_ns()
-        candidates, tier, hosts = self.root.candidates(now_ns // 1_000_000)
+        candidates, tier, hosts = self.lb.candidates(now_ns // 1_000_000)
         if not candidates:
             return self._all_down()
         if tier == DEGRADED:
-            self.root.limiter.log(hostcalls.WARN, "degraded", "no healthy replica; using "
+            self.lb.limiter.log(hostcalls.WARN, "degraded", "no healthy replica; using "
                                   "degraded ones")
         self.candidates = candidates
         self.rotation = int.from_bytes(os.urandom(2), "little")
         policy = self.cfg.policy
         if self.request is not None and (policy == "prefix_cache" or (
-                policy == "least_busy" and self.root.least_busy.uses_prefix)):
+                policy == "least_busy" and self.lb.least_busy.uses_prefix)):
             self.hashes = prefix_hash.block_hashes(self.request.cache_namespace,
                                                    self.request.prompt, self.cfg.block_size,
                                                    self.cfg.max_blocks)
         if policy in METRICS:
             return self._decide_by_metrics(hosts)
         if policy in COUNTED:
-            if self.root.redis:
+            self.lb.connect_redis()  # a no-op once connected
+            if self.lb.redis:
                 return self._ask_redis()
             return self._decide_embedded()
         return self._decide_stateless()
@@ -159,20 +167,20 @@ class LoadBalancerStream(HttpContext):
         if self.cfg.all_down == "503":
             return self._reject(503, "no replica of this service is available",
                                 "service_unavailable")
-        self.root.limiter.log(hostcalls.WARN, "all down", "no usable replica; the service's "
+        self.lb.limiter.log(hostcalls.WARN, "all down", "no usable replica; the service's "
                               "load balancing decides")
         return CONTINUE
 
     def _decide_stateless(self):
         """A simple_policies policy: no shared state needed."""
         pick = simple_policies.POLICIES[self.cfg.policy]
-        address = pick(self.root, self.candidates, self.rotation)
+        address = pick(self.lb, self.candidates, self.rotation)
         self.state = "local"
         return self._apply(picking.Pick(address, 0, 0, self.cfg.policy))
 
     def _decide_embedded(self):
         now_ns = hostcalls.now_ns()
-        matched, aging = self.root.prefix_index.matches(self.hashes, now_ns // 1_000_000_000)
+        matched, aging = self.lb.prefix_index.matches(self.hashes, now_ns // 1_000_000_000)
         cfg = self.cfg
 
         def choose(inflight):
@@ -183,24 +191,24 @@ class LoadBalancerStream(HttpContext):
                 return picking.prefix_match(eligible, inflight, matched, cfg.max_load_gap,
                                             self.rotation, self._min_blocks())
             if cfg.policy == "consistent_hash":
-                address, reason = bounded_pick(self.root.ring(eligible), self._hash_key(),
+                address, reason = bounded_pick(self.lb.ring(eligible), self._hash_key(),
                                                inflight, cfg.hash_load_factor)
                 return picking.Pick(address, inflight.get(address, 0), 0, reason)
             return picking.least_request(eligible, inflight, self.rotation)
 
         self.state = "embedded"
         try:
-            pick = self.root.inflight.take(choose, now_ns // 1_000_000)
+            pick = self.lb.inflight.take(choose, now_ns // 1_000_000)
         except redis_state.LimitReached:
             return self._reject(429, LIMIT_MESSAGE, "rate_limit_exceeded")
         except Contention as exc:
             stats.count("ailb.fallbacks.contention")
-            self.root.limiter.log(hostcalls.WARN, "contention", str(exc))
+            self.lb.limiter.log(hostcalls.WARN, "contention", str(exc))
             return CONTINUE
         self.counted_in = "embedded"
         if self.hashes:
             held = 0 if aging else matched.get(pick.address, 0)
-            self.root.prefix_index.record(self.hashes, pick.address, now_ns // 1_000_000_000, held)
+            self.lb.prefix_index.record(self.hashes, pick.address, now_ns // 1_000_000_000, held)
         return self._apply(pick)
 
     def _hash_key(self):
@@ -214,14 +222,14 @@ class LoadBalancerStream(HttpContext):
         return value if isinstance(value, str) else json.dumps(value)
 
     def _decide_by_metrics(self, hosts):
-        lb = self.root.least_busy
+        lb = self.lb.least_busy
         now_ns = hostcalls.now_ns()
         now_ms, now_s = now_ns // 1_000_000, now_ns // 1_000_000_000
         metrics = ((hosts and lb.scraper.from_upstream_hosts(hosts, now_ms))
                    or lb.scraper.snapshot(now_ms))
         matched, aging = {}, False
         if self.hashes:
-            matched, aging = self.root.prefix_index.matches(self.hashes, now_s)
+            matched, aging = self.lb.prefix_index.matches(self.hashes, now_s)
         model = self.request.model if self.request else ""
 
         def choose(inflight):
@@ -232,10 +240,10 @@ class LoadBalancerStream(HttpContext):
                              self.candidates, model, len(self.hashes), matched, self.rotation)
 
         try:
-            pick = self.root.inflight.take(choose, now_ms)
+            pick = self.lb.inflight.take(choose, now_ms)
         except NoMetrics:
             stats.count("ailb.fallbacks.no_metrics")
-            self.root.limiter.log(hostcalls.WARN, "no metrics", "no replica has fresh metrics; "
+            self.lb.limiter.log(hostcalls.WARN, "no metrics", "no replica has fresh metrics; "
                                   "the service's load balancing decides")
             return CONTINUE
         except Shed:
@@ -243,13 +251,13 @@ class LoadBalancerStream(HttpContext):
                                 "rate_limit_exceeded")
         except Contention as exc:
             stats.count("ailb.fallbacks.contention")
-            self.root.limiter.log(hostcalls.WARN, "contention", str(exc))
+            self.lb.limiter.log(hostcalls.WARN, "contention", str(exc))
             return CONTINUE
         self.counted_in = "embedded"
         self.state = "metrics"
         if self.hashes:
             held = 0 if aging else matched.get(pick.address, 0)
-            self.root.prefix_index.record(self.hashes, pick.address, now_s, held)
+            self.lb.prefix_index.record(self.hashes, pick.address, now_s, held)
         return self._apply(pick)
 
     def _min_blocks(self):
@@ -261,19 +269,19 @@ class LoadBalancerStream(HttpContext):
     def _ask_redis(self):
         gap = self.cfg.max_load_gap if self.cfg.policy == "prefix_cache" else -1
         command = redis_state.pick_command(
-            self.cluster, self.root.vm_id, self.cfg.lease_s * 1000, self.rotation,
+            self.cluster, self.lb.vm_id, self.cfg.lease_s * 1000, self.rotation,
             self.candidates, self.hashes, gap, self.cfg.max_request_count, self.cfg.key_ttl_s,
-            self._min_blocks(), self.root.pick_script_cached)
+            self._min_blocks(), self.lb.pick_script_cached)
         try:
             # Owned by the root: its answer arrives even if this stream is gone,
             # so a count Redis made for it can always be released.
-            self.root.redis_call(self.root.redis, command, self._on_redis_pick)
+            self.root.redis_call(self.lb.redis, command, self._on_redis_pick)
         except Exception as exc:  # the host refused the call: Redis is not usable now
             self._redis_failed(f"redis call failed: {exc}")
             return self._decide_embedded()
         self.awaiting_redis = True
         self.waiting_since_ms = hostcalls.now_ns() // 1_000_000
-        self.root.waiting[self.context_id] = self
+        self.lb.waiting[self.context_id] = self
         return PAUSE
 
     def _on_redis_pick(self, status, reply):
@@ -283,25 +291,27 @@ class LoadBalancerStream(HttpContext):
         except redis_state.LimitReached:
             pick, failure = "limit", None
         except redis_state.NoScript:
-            self.root.pick_script_cached = False
+            self.lb.pick_script_cached = False
             if self.awaiting_redis:  # nothing was counted: ask again, sending the script
                 self.awaiting_redis = False
-                self.root.waiting.pop(self.context_id, None)
+                self.lb.waiting.pop(self.context_id, None)
                 hostcalls.set_effective_context(self.context_id)
                 if self._ask_redis() == CONTINUE:
                     self.resume_request()
             return
         except (ValueError, resp.RedisError) as exc:
             pick, failure = None, f"unexpected reply: {exc}"
+            if str(exc).startswith("NOAUTH"):  # a connection Higress opened without our login
+                self.lb.redis_unauthenticated()
         if pick is not None:
-            self.root.pick_script_cached = True
+            self.lb.pick_script_cached = True
         if not self.awaiting_redis:
             # The stream ended or went on after a timeout: uncount the late pick.
             if isinstance(pick, picking.Pick):
                 self._release_in_redis(pick.address)
             return
         self.awaiting_redis = False
-        self.root.waiting.pop(self.context_id, None)
+        self.lb.waiting.pop(self.context_id, None)
         hostcalls.set_effective_context(self.context_id)
         if pick == "limit":
             self.state = "redis"
@@ -312,7 +322,7 @@ class LoadBalancerStream(HttpContext):
             action = self._decide_embedded()
         else:
             self.state, self.counted_in = "redis", "redis"
-            self.root.redis_clusters.add(self.cluster)
+            self.lb.redis_clusters.add(self.cluster)
             action = self._apply(pick)
         if action == CONTINUE:
             self.resume_request()
@@ -320,7 +330,7 @@ class LoadBalancerStream(HttpContext):
     def redis_timed_out(self):
         """From the root's tick: Redis did not answer within `timeout`."""
         self.awaiting_redis = False
-        self.root.waiting.pop(self.context_id, None)
+        self.lb.waiting.pop(self.context_id, None)
         hostcalls.set_effective_context(self.context_id)
         self._redis_failed(f"no reply within {self.cfg.redis.timeout_ms} ms")
         if self._decide_embedded() == CONTINUE:
@@ -328,13 +338,13 @@ class LoadBalancerStream(HttpContext):
 
     def _redis_failed(self, why):
         stats.count("ailb.redis.errors")
-        self.root.limiter.log(hostcalls.WARN, "redis", f"Redis unusable ({why}); "
+        self.lb.limiter.log(hostcalls.WARN, "redis", f"Redis unusable ({why}); "
                               f"deciding on the gateway's own state")
 
     def _release_in_redis(self, address):
         try:
-            hostcalls.redis_call(self.root.redis, redis_state.release_command(
-                self.cluster, self.root.vm_id, address, self.cfg.lease_s * 1000))
+            hostcalls.redis_call(self.lb.redis, redis_state.release_command(
+                self.cluster, self.lb.vm_id, address, self.cfg.lease_s * 1000))
         except Exception as exc:
             self._redis_failed(f"release failed: {exc}")
 

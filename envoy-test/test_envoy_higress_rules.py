@@ -1,0 +1,54 @@
+"""End-to-end: Higress's configuration document in a stock Envoy 1.40.
+
+The plugin gets the exact JSON Higress's controller makes from the shipped
+prefix_cache manifest (tests/fixtures/higress), with the replicas added to the
+rule's lb_config (stock Envoy cannot list a cluster's hosts). Envoy's route
+named like the manifest's ingress is decided by prefix_cache; another route
+of the same listener is left to the cluster's own load balancing.
+"""
+
+import json
+import os
+
+import harness
+
+JSON = {"content-type": "application/json"}
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "higress", "wasmplugin-prefix-cache.json")
+
+
+def chat(history):
+    messages = [{"role": "system", "content": "You answer questions about the long "
+                 "document below. " + "Lorem ipsum dolor sit amet. " * 40}]
+    messages += [{"role": "user", "content": turn} for turn in history]
+    return json.dumps({"model": "qwen", "messages": messages}).encode()
+
+
+def test_the_manifests_rule_decides_its_route_and_leaves_others_alone(
+        start_envoy, replicas, production_wasm):
+    with open(FIXTURE, "rb") as f:
+        document = json.load(f)
+    rule = document["_rules_"][0]
+    route = rule["_match_route_"][0]
+    rule["lb_config"].update(endpoints=replicas.endpoints, debugHeader=True)
+    config = harness.EnvoyConfig.simple(replicas.endpoints, wasm_path=production_wasm,
+                                        plugin_config=document)
+    config.listeners[0].routes = [(route, "/v1/"), ("default/other-route", "/")]
+    envoy = start_envoy(config)
+    envoy.wait_for_log("configured _rules_[0], lb_policy=prefix_cache, state=embedded")
+    with harness.Client(envoy.port) as client:
+        first = client.post("/v1/chat/completions", chat(["What is it about?"]), JSON)
+        again = client.post("/v1/chat/completions", chat(["What is it about?", "Who wrote it?"]),
+                            JSON)
+        other = [client.post("/other/chat/completions", chat(["What is it about?"]),
+                             JSON) for _ in range(4)]
+    decided = [harness.decision(r.headers) for r in (first, again)]
+    assert [r.status for r in (first, again)] == [200, 200]
+    assert decided[0]["reason"] in ("least_request", "bounded_load")
+    assert decided[1]["reason"] == "prefix_match"  # the conversation stays on its replica
+    assert again.replica == first.replica == replicas.by_address(decided[0]["address"]).name
+    assert all(r.status == 200 and harness.decision(r.headers) is None for r in other)
+    assert len({r.replica for r in other}) > 1  # the cluster's round robin spread them
+    assert envoy.stats(r"wasmcustom\.ailb\.decisions\.prefix_cache\.")
+    assert "Traceback" not in envoy.log()

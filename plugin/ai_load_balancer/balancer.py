@@ -1,0 +1,158 @@
+"""One configuration at work: the global one, or one Higress rule's. Owns what
+outlives a stream for that configuration: its state stores, scraper, health
+checker and Redis client; answers which replicas a request may go to now.
+The root context holds one per configuration and ticks them."""
+
+import hashlib
+
+from proxywasm import hostcalls
+from proxywasm.abi import HostError
+
+from . import endpoints, redis_state
+from .consistent_hash import HashRing
+from .embedded_inflight import EmbeddedInflight
+from .embedded_prefix_index import EmbeddedPrefixIndex
+from .health import DEGRADED, HEALTHY, UNHEALTHY, Health
+from .least_busy import LeastBusy
+from .weighted_round_robin import SmoothWeightedRoundRobin
+
+METRICS_POLICIES = ("least_busy", "queue_depth")
+REDIS_POLICIES = ("global_least_request", "prefix_cache")
+
+
+class Balancer:
+    """Created at configure time; `name` says which configuration it runs
+    ("global configuration" or "_rules_[N]")."""
+
+    def __init__(self, root, config, name):
+        self.root = root
+        self.config = config
+        self.name = name
+        self.vm_id = root.vm_id
+        self.limiter = root.limiter
+        self.waiting = {}             # context id -> stream paused on a Redis reply
+        self.redis_clusters = set()   # clusters this VM counted requests in (lease renewal)
+        self.redis = None             # the Redis cluster, once redis_init succeeded
+        self.wants_redis = False      # configured with Redis (and the host has it)
+        self.pick_script_cached = False  # Redis answered the pick script: EVALSHA from now
+        self.least_busy = self.health = self.inflight = self.prefix_index = None
+        self.round_robin = 0
+        self.wrr = SmoothWeightedRoundRobin()
+        self._ring = (None, None)     # (addresses, HashRing)
+        if config.policy == "header" or config.lb_type != "endpoint":
+            return
+        # State keys differ per configuration and agree across the VMs of a process.
+        state_id = hashlib.blake2b(f"{name}\0{config!r}".encode(), digest_size=6).hexdigest()
+        self.inflight = EmbeddedInflight(f"ailb:inflight:{state_id}", self.vm_id,
+                                         config.lease_s * 1000)
+        self.prefix_index = EmbeddedPrefixIndex(state_id, config.index_capacity,
+                                                config.key_ttl_s)
+        self.health = Health(config.health, f"ailb:health:{state_id}", self.vm_id)
+        self.health.cluster = config.health.cluster
+        if config.policy in METRICS_POLICIES:
+            self.least_busy = LeastBusy(config.metrics, f"ailb:metrics:{state_id}", self.vm_id)
+        self.inflight.create()
+        self.health.create()
+        self.wants_redis = config.redis is not None and config.policy in REDIS_POLICIES
+        if self.wants_redis and not hostcalls.has_capability("proxy_redis_init"):
+            hostcalls.log(hostcalls.WARN, f"ai-load-balancer: {name}: Redis needs the higress "
+                                          f"build (proxy_redis_call); keeping state embedded")
+            self.wants_redis = False
+        self.connect_redis()
+
+    def describe(self):
+        cfg = self.config
+        if cfg.policy == "header" or cfg.lb_type != "endpoint":
+            return f"lb_policy={cfg.policy}"
+        state = "redis" if self.redis else "redis (connecting)" if self.wants_redis \
+            else "embedded"
+        return f"lb_policy={cfg.policy}, state={state}"
+
+    # --- Redis ------------------------------------------------------------------------
+
+    def connect_redis(self):
+        """(Re)initialises the Redis client when this configuration wants one and
+        has none. Higress answers BadArgument while the Redis cluster has not
+        reached this worker yet: the next request or tick tries again."""
+        if self.redis or not self.wants_redis:
+            return
+        redis = self.config.redis
+        cluster = redis.cluster + (f"?db={redis.database}" if redis.database else "")
+        try:
+            hostcalls.redis_init(cluster, redis.username, redis.password, redis.timeout_ms)
+        except HostError as exc:
+            self.limiter.log(hostcalls.WARN, f"redis init {self.name}",
+                             f"{self.name}: Redis {redis.cluster} is not usable yet ({exc}); "
+                             f"deciding on the gateway's own state and retrying")
+            return
+        self.redis = cluster
+        self.pick_script_cached = False
+
+    def redis_unauthenticated(self):
+        """Redis answered NOAUTH (a new connection without our login): init again."""
+        self.redis = None
+        self.connect_redis()
+
+    # --- timers -----------------------------------------------------------------------
+
+    def tick_ms(self):
+        """How often this configuration needs on_tick, or 0 for never."""
+        cfg = self.config
+        if self.inflight is None:
+            return 0
+        period = min(cfg.lease_s * 1000 // 3, cfg.health.interval_ms)
+        if self.wants_redis:
+            period = min(period, max(20, cfg.redis.timeout_ms // 4))
+        if self.least_busy:
+            period = min(period, cfg.metrics.interval_ms)
+        return period
+
+    def tick(self, now_ms):
+        if self.inflight is None:
+            return
+        self.connect_redis()
+        for stream in list(self.waiting.values()):
+            if now_ms - stream.waiting_since_ms >= self.config.redis.timeout_ms:
+                stream.redis_timed_out()
+        self.inflight.renew(now_ms)
+        if not endpoints.lists_hosts():  # Higress checks health itself
+            self.health.tick(self.root, self.config.endpoints, now_ms)
+        if self.least_busy and self.least_busy.scraper.cluster:
+            self.least_busy.scraper.tick(self.root, self.config.endpoints, now_ms)
+        if self.redis:
+            for cluster in self.redis_clusters:
+                hostcalls.redis_call(self.redis, redis_state.renew_command(
+                    cluster, self.vm_id, self.config.lease_s * 1000))
+
+    # --- per request ----------------------------------------------------------------------
+
+    def learn_cluster(self, cluster):
+        """The routed cluster, seen on a request: scrapes and health checks go
+        there unless lb_config.metricsCluster names one."""
+        self.health.cluster = self.health.cluster or cluster
+        if self.least_busy and not self.least_busy.scraper.cluster:
+            self.least_busy.scraper.cluster = cluster
+
+    def candidates(self, now_ms):
+        """(addresses, tier, hosts): the replicas a request may go to now. tier is
+        HEALTHY, DEGRADED (no healthy one is left) or UNHEALTHY (none at all).
+        hosts: Higress's upstream host list (with their metrics), else None."""
+        hosts = endpoints.upstream_hosts()
+        if hosts is not None:
+            states = {a: endpoints.host_state(info) for a, info in hosts}
+            healthy = [a for a in sorted(states) if states[a] == HEALTHY]
+            degraded = [a for a in sorted(states) if states[a] == DEGRADED]
+        else:
+            healthy, degraded = list(self.config.endpoints), []
+        addresses, tier = self.health.usable(healthy, now_ms)
+        if tier != HEALTHY and degraded:
+            return degraded, DEGRADED, hosts
+        return addresses, tier if addresses else UNHEALTHY, hosts
+
+    def ring(self, addresses):
+        """The consistent-hash ring of these addresses (rebuilt when they change)."""
+        key = tuple(addresses)
+        if self._ring[0] != key:
+            self._ring = (key, HashRing(addresses))
+        return self._ring[1]
+
