@@ -121,27 +121,101 @@ def test_this_python_writes_the_wasm_bytecode():
     freeze.check_python()  # raises SystemExit on a Python other than 3.11
 
 
-def test_higress_image_layout_holds_the_plugin_and_is_reproducible(tmp_path):
+def _oci_blob(layout, descriptor):
+    return (layout / "blobs" / "sha256" / descriptor["digest"].split(":")[1]).read_bytes()
+
+
+HIGRESS_LAYERS = [  # hgctl plugin build's order; Istio's fetcher takes the last layer
+    ("spec.yaml", "application/vnd.module.wasm.spec.v1+yaml"),
+    ("README.md", "application/vnd.module.wasm.doc.v1+markdown"),
+    ("README_ZH.md", "application/vnd.module.wasm.doc.v1.zh+markdown"),
+    ("README_EN.md", "application/vnd.module.wasm.doc.v1.en+markdown"),
+    ("plugin.tar.gz", "application/vnd.oci.image.layer.v1.tar+gzip"),
+]
+
+
+def test_higress_image_has_hgctl_layers_and_is_reproducible(tmp_path):
     import gzip
-    import hashlib
     import io
     import json
     import tarfile
+
+    import yaml
     sys.path.insert(0, os.path.join(ROOT, "higress"))
     import build_image
     wasm = tmp_path / "plugin-in.wasm"
     wasm.write_bytes(b"\0asm\x01\0\0\0" + b"x" * 1000)
-    first = build_image.build(str(wasm), str(tmp_path / "a"), "t")
-    second = build_image.build(str(wasm), str(tmp_path / "b"), "t")
+    first = build_image.build(str(wasm), str(tmp_path / "a"), "t", version="9.8.7")
+    second = build_image.build(str(wasm), str(tmp_path / "b"), "t", version="9.8.7")
     assert first["digest"] == second["digest"]
-    blobs = tmp_path / "a" / "blobs" / "sha256"
-    manifest = json.loads((blobs / first["digest"].split(":")[1]).read_bytes())
-    layer = (blobs / manifest["layers"][0]["digest"].split(":")[1]).read_bytes()
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer))) as tar:
+    layout = tmp_path / "a"
+    manifest = json.loads(_oci_blob(layout, first))
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert manifest["config"]["mediaType"] == "application/vnd.unknown.config.v1+json"
+    assert _oci_blob(layout, manifest["config"]) == b"{}"
+    assert [(layer["annotations"]["org.opencontainers.image.title"], layer["mediaType"])
+            for layer in manifest["layers"]] == HIGRESS_LAYERS
+    blobs = {layer["annotations"]["org.opencontainers.image.title"]: _oci_blob(layout, layer)
+             for layer in manifest["layers"]}
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blobs["plugin.tar.gz"]))) as tar:
         assert tar.getnames() == ["plugin.wasm"]
         assert tar.extractfile("plugin.wasm").read() == wasm.read_bytes()
-    config = json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_bytes())
-    assert config["rootfs"]["diff_ids"] == [
-        "sha256:" + hashlib.sha256(gzip.decompress(layer)).hexdigest()]
-    index = json.loads((tmp_path / "a" / "index.json").read_text())
+    with open(os.path.join(ROOT, "README.md"), "rb") as f:
+        assert blobs["README.md"] == blobs["README_EN.md"] == f.read()
+    with open(os.path.join(ROOT, "README.zh-CN.md"), "rb") as f:
+        assert blobs["README_ZH.md"] == f.read()
+    document = yaml.safe_load(blobs["spec.yaml"])
+    assert document == build_image.spec.spec("9.8.7")
+    assert document["info"]["name"] == "ai-load-balancer"
+    assert document["info"]["version"] == "9.8.7"
+    index = json.loads((layout / "index.json").read_text())
     assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "t"
+    third = build_image.build(str(wasm), str(tmp_path / "c"), "t", version="9.8.8")
+    assert third["digest"] != first["digest"]
+
+
+def test_higress_spec_yaml_describes_every_config_field():
+    import yaml
+    sys.path.insert(0, os.path.join(ROOT, "higress"))
+    import spec
+    from ai_load_balancer import config_fields
+    document = yaml.safe_load(spec.spec_yaml("1.2.3"))
+    assert document["apiVersion"] == "1.0.0"
+    assert document["info"]["category"] == "ai"
+    assert document["spec"]["phase"] == "UNSPECIFIED_PHASE"
+    assert document["spec"]["priority"] == 50
+    schema = document["spec"]["configSchema"]["openAPIV3Schema"]
+    assert document["spec"]["routeConfigSchema"]["openAPIV3Schema"] == schema
+    assert schema["type"] == "object" and schema["required"] == ["lb_policy"]
+    assert schema["properties"]["lb_type"]["enum"] == list(config_fields.LB_TYPES)
+    assert schema["properties"]["lb_type"]["default"] == "endpoint"
+    policies = schema["properties"]["lb_policy"]["enum"]
+    for name in ("endpoint_metrics", "metrics_based", "global_least_request", "prefix_cache",
+                 "cluster_metrics"):
+        assert name in policies
+    for names in config_fields.LB_TYPES.values():
+        assert set(names) <= set(policies)
+    assert set(config_fields.ALIASES) <= set(policies)
+    types = {"int": "integer", "number": "number", "bool": "boolean", "string": "string",
+             "strings": "array", "object": "object", "map": "object", "list": "array"}
+
+    def check(properties, fields):
+        assert list(properties) == [field.name for field in fields]
+        for field in fields:
+            prop = properties[field.name]
+            assert prop["type"] == types[field.kind], field.name
+            if field.default is None:
+                assert "default" not in prop, field.name
+            else:
+                assert prop["default"] == field.default, field.name
+            assert prop.get("minimum") == field.low and prop.get("maximum") == field.high
+            assert prop.get("enum", []) == list(field.choices)
+            assert field.doc in prop["description"]
+            assert "policies: " + ", ".join(field.policies) in prop["description"]
+        return properties
+
+    lb_config = check(schema["properties"]["lb_config"]["properties"],
+                      config_fields.LB_CONFIG_FIELDS)
+    check(lb_config["healthCheck"]["properties"], config_fields.HEALTH_FIELDS)
+    maps = [f.name for f in config_fields.LB_CONFIG_FIELDS if f.kind == "map"]
+    assert all(lb_config[name]["additionalProperties"] == {"type": "integer"} for name in maps)
