@@ -117,6 +117,7 @@ def source(host_functions, callbacks, abi_marker):
     parts.append("static PyMethodDef shim_methods[] = {")
     for name, _ in host_functions:
         parts.append(f'    {{"{name}", (PyCFunction)(void (*)(void))w_{name}, METH_FASTCALL, NULL}},')
+    parts.append('    {"enable_callback", shim_enable_callback, METH_O, NULL},')
     parts += ["    {NULL, NULL, 0, NULL},", "};",
               "static struct PyModuleDef shim_module = {PyModuleDef_HEAD_INIT, "
               '"_proxywasm_host", "Raw proxy-wasm host functions.", -1, shim_methods};',

@@ -133,6 +133,24 @@ fail:
     return -1;
 }
 
+PyObject *shim_enable_callback(PyObject *self, PyObject *name) {
+    const char *wanted = PyUnicode_AsUTF8(name);
+    if (wanted == NULL) return NULL;
+    for (int i = 0; i < SHIM_NUM_CALLBACKS; i++) {
+        if (strcmp(shim_callback_names[i], wanted) != 0) continue;
+        if (shim_callables[i] == NULL) {
+            PyObject *dispatcher = PyImport_ImportModule("proxywasm.dispatcher");
+            if (dispatcher == NULL) return NULL;
+            shim_callables[i] = PyObject_GetAttrString(dispatcher, wanted);
+            Py_DECREF(dispatcher);
+            if (shim_callables[i] == NULL) return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    PyErr_Format(PyExc_ValueError, "no callback named %s", wanted);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------------- */
 /* The trampoline every callback export goes through.                          */
 

@@ -18,6 +18,9 @@ extern const char *const shim_callback_names[SHIM_NUM_CALLBACKS];
 
 /* Defined in shim.c. */
 uint32_t shim_dispatch(int index, const uint32_t *args, int nargs, uint32_t fallback);
+/* _proxywasm_host.enable_callback(name): from now on the callback `name`, which
+   the plugin left to the host at start, enters Python (dispatcher.<name>). */
+PyObject *shim_enable_callback(PyObject *self, PyObject *name);
 int shim_arity(const char *name, Py_ssize_t expected, Py_ssize_t got);
 int shim_u32(PyObject *obj, uint32_t *out);
 int shim_i32(PyObject *obj, int32_t *out);

@@ -15,8 +15,8 @@ import yaml
 
 from ai_load_balancer import config, rules
 from higress import wasmplugin
-from tests.llm_traffic import (REDIS_CLUSTER, REPLICAS, chat_body, finish, pinned,
-                               redis_inflight)
+from tests.llm_traffic import (REDIS_CLUSTER, REPLICAS, chat_body, clear_redis, finish,
+                               pinned, redis_inflight)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "higress")
@@ -179,6 +179,7 @@ def test_the_configured_policy_decides_for_matching_requests_and_nothing_else(
         make_host, redis_server, manifest, fixture):
     rule = manifest["spec"]["matchRules"][0]
     policy = rules.ALIASES.get(rule["config"]["lb_policy"], rule["config"]["lb_policy"])
+    clear_redis(redis_server, VLLM)
     host = higress_host(make_host, fixture, redis_server)
     if "ingress" in rule:
         matching = {"route": rule["ingress"][0]}
@@ -194,12 +195,13 @@ def test_the_configured_policy_decides_for_matching_requests_and_nothing_else(
     assert all(pinned(host, cid) in REPLICAS for cid in cids)
     assert decisions(host, policy) == 4, host.logs_text()
     if rule["config"]["lb_config"].get("serviceFQDN"):  # counted in Redis while in flight
-        assert sum(redis_inflight(redis_server, cluster=matching.get("cluster", VLLM))
-                   .values()) == 4
+        assert sum(redis_inflight(redis_server, cluster=VLLM).values()) == 4
     untouched = request(host, **other)
     assert pinned(host, untouched) is None and decisions(host, policy) == 4
     for cid in cids + [untouched]:
         finish(host, cid)
+    host.run_callouts()  # the releases in Redis
+    assert sum(redis_inflight(redis_server, cluster=VLLM).values()) == 0
     assert host.get_error_logs() == []
 
 
@@ -217,3 +219,38 @@ def test_each_rule_runs_its_own_policy_and_a_disabled_rule_passes_through(make_h
     assert host.get_counter_metric("ailb.decisions.least_connections.least_request") == 1
     assert pinned(host, request(host, route="default/c")) is None  # disabled: untouched
     assert pinned(host, request(host, route="")) is None           # no rule, no default
+
+
+@pytest.mark.parametrize("target", ["higress", "envoy"])
+def test_cluster_metrics_chooses_the_service_and_learns_from_answers(make_host, target):
+    """lb_type cluster: the service goes into the route's cluster_header (a
+    client's value replaced); the service slower to its first answer byte gets
+    few requests once measured."""
+    fast, slow = "outbound|80||llm-a.dns", "outbound|80||llm-b.dns"
+    document = {"_rules_": [{"_match_route_": ["ai-route"], "lb_type": "cluster",
+                             "lb_policy": "cluster_metrics", "lb_config": {
+                                 "mode": "LeastFirstTokenLatency",
+                                 "service_list": [fast, slow]}}]}
+    host = make_host(target=target)
+    assert host.start_plugin(json.dumps(document)), host.logs_text()
+    clock = [1_000_000_000]
+    host.now_ns = lambda: clock[0]
+    chosen = []
+    for _ in range(40):
+        cid = host.init_http_context()
+        host.set_property(["route_name"], "ai-route", context_id=cid)
+        host.call_on_request_headers(cid, [(":method", "POST"), (":path", "/v1/x"),
+                                           (":authority", "a"),
+                                           ("x-higress-target-cluster", "client-choice")], True)
+        service = host.get_request_header(cid, "x-higress-target-cluster")
+        chosen.append(service)
+        clock[0] += (20 if service == fast else 400) * 1_000_000
+        host.call_on_response_headers(cid, [(":status", "200")], False)
+        host.call_on_response_body(cid, b"data: {}", False)
+        host.call_on_response_body(cid, b"data: [DONE]", True)
+        host.complete_http_context(cid)
+    assert set(chosen) == {fast, slow}  # both tried (no sample counts as 0)
+    assert chosen[-20:].count(fast) >= 18, chosen
+    assert host.get_counter_metric(
+        "ailb.decisions.cluster_metrics.LeastFirstTokenLatency") == 40
+    assert host.get_error_logs() == []

@@ -9,6 +9,7 @@ from proxywasm import hostcalls
 from proxywasm.abi import HostError
 
 from . import endpoints, redis_state
+from .cluster_metrics import ServiceStats
 from .consistent_hash import HashRing
 from .embedded_inflight import EmbeddedInflight
 from .embedded_prefix_index import EmbeddedPrefixIndex
@@ -39,6 +40,7 @@ class Balancer:
         self.round_robin = 0
         self.wrr = SmoothWeightedRoundRobin()
         self._ring = (None, None)     # (addresses, HashRing)
+        self.services = ServiceStats(config.services) if config.lb_type == "cluster" else None
         if config.policy == "header" or config.lb_type != "endpoint":
             return
         # State keys differ per configuration and agree across the VMs of a process.

@@ -9,6 +9,7 @@ config_fields.py.
 
 from dataclasses import dataclass
 
+from .cluster_metrics import parse_services
 from .config_fields import (ALIASES, BY_NAME, CLUSTER_POLICIES, HEALTH_BY_NAME, LB_TYPES,
                             ConfigError, Field, read)
 from .scheduling import DEFAULT_WEIGHTS, SCORERS
@@ -114,7 +115,6 @@ def parse_doc(doc, path=""):
         raise ConfigError(f"{path}lb_config: must be an object")
     lb = _Fields(fields, policy, f"{path}lb_config")
     if policy in CLUSTER_POLICIES:
-        from .cluster_metrics import parse_services  # noqa: PLC0415 - lb_type cluster only
         config = LBConfig(policy, lb_type, services=parse_services(lb))
         return config, lb.unknown()
     if policy == "header":

@@ -30,6 +30,7 @@ METRICS = ("least_busy", "queue_depth")
 
 
 class LoadBalancerStream(HttpContext):
+    on_demand = ("on_response_body",)  # only cluster_metrics times the first answer byte
     def __init__(self, context_id, root):
         super().__init__(context_id, root)
         self.lb = None                # the Balancer of this request's configuration
@@ -46,6 +47,9 @@ class LoadBalancerStream(HttpContext):
         self.pinned = ()              # the addresses pinned, in the order Envoy tries them
         self.state = None             # "embedded" | "redis" | "metrics" | "local"
         self.counted_in = None        # where this request is counted until it ends
+        self.service = None           # lb_type cluster: the backend service chosen
+        self.status = None            # ... and its response status
+        self.first_byte_seen = False
 
     # --- phases -------------------------------------------------------------------
 
@@ -55,6 +59,8 @@ class LoadBalancerStream(HttpContext):
         if self.lb is None:
             return CONTINUE  # no rule and no global configuration: not ours
         self.cfg = self.lb.config
+        if self.lb.services is not None:
+            return self._choose_service()
         if self.cfg.policy == "header":
             wanted = hostcalls.get_header(hostcalls.REQUEST_HEADERS, self.cfg.header)
             if wanted:
@@ -95,12 +101,34 @@ class LoadBalancerStream(HttpContext):
                 self.lb.limiter.log(hostcalls.DEBUG, "not llm", f"no prompt to match: {exc}")
         return self._decide()
 
+    def _choose_service(self):
+        """lb_type cluster: the backend service, written into the header the
+        route's cluster_header action reads (a client-sent value is replaced)."""
+        self.started_ns = hostcalls.now_ns()
+        self.service = self.lb.services.choose(int.from_bytes(os.urandom(2), "little"))
+        hostcalls.replace_header(hostcalls.REQUEST_HEADERS, self.cfg.services.header,
+                                 self.service)
+        stats.count(f"ailb.decisions.{self.cfg.policy}.{self.cfg.services.mode}")
+        return CONTINUE
+
+    def _elapsed_ms(self):
+        return (hostcalls.now_ns() - self.started_ns) / 1e6
+
+    def on_response_body(self, body_size, end_of_stream):
+        if self.service is not None and not self.first_byte_seen:
+            self.first_byte_seen = True  # lb_type cluster: time to the first answer byte
+            self.lb.services.first_byte(self.service, self._elapsed_ms(), self.status == "200")
+        return CONTINUE
+
     def _too_large(self, size):
         self.lb.limiter.log(hostcalls.WARN, "large body", f"body of {size} bytes is over "
                               f"maxBodyBytes; routing it without its prompt")
         return self._decide()
 
     def on_response_headers(self, num_headers, end_of_stream):
+        if self.service is not None:
+            self.status = hostcalls.get_header(hostcalls.RESPONSE_HEADERS, ":status")
+            return CONTINUE
         if self.pick is None:
             return CONTINUE
         status = hostcalls.get_header(hostcalls.RESPONSE_HEADERS, ":status") or ""
@@ -126,6 +154,10 @@ class LoadBalancerStream(HttpContext):
     def on_log(self):
         """The stream ended, however it ended: uncount it."""
         if self.lb is None:
+            return
+        if self.service is not None:
+            self.lb.services.done(self.service, self._elapsed_ms(), self.status == "200")
+            self.service = None
             return
         self.awaiting_redis = False
         self.lb.waiting.pop(self.context_id, None)
@@ -301,7 +333,9 @@ class LoadBalancerStream(HttpContext):
             return
         except (ValueError, resp.RedisError) as exc:
             pick, failure = None, f"unexpected reply: {exc}"
-            if str(exc).startswith("NOAUTH"):  # a connection Higress opened without our login
+            # A connection Higress opened without our login: NOAUTH, or Redis 6+'s
+            # "Protocol error: unauthenticated multibulk length" for a long command.
+            if str(exc).startswith("NOAUTH") or "unauthenticated" in str(exc):
                 self.lb.redis_unauthenticated()
         if pick is not None:
             self.lb.pick_script_cached = True

@@ -4,7 +4,7 @@ one Balancer per configuration, ticks them, and says which one a request gets.""
 
 import os
 
-from proxywasm import RootContext, hostcalls
+from proxywasm import RootContext, dispatcher, hostcalls
 
 from . import endpoints, rules
 from .balancer import Balancer
@@ -34,6 +34,9 @@ class LoadBalancerRoot(RootContext):
         self.by_rule = {rule.name: Balancer(self, rule.config, rule.name)
                         for rule in self.plugin_config.rules}
         self.balancers = [b for b in [self.default, *self.by_rule.values()] if b is not None]
+        if any(b.services is not None and b.services.config.mode == "LeastFirstTokenLatency"
+               for b in self.balancers):
+            dispatcher.enable("on_response_body")  # the first answer byte is timed
         periods = [p for p in (b.tick_ms() for b in self.balancers) if p]
         if periods:
             hostcalls.set_tick_period_ms(min(periods))

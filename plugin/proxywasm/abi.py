@@ -56,6 +56,14 @@ def has(function):
     return hasattr(_host, function)
 
 
+def enable_callback(name):
+    """Makes the host enter Python for callback `name` from now on (one the
+    plugin left to the host at start). A no-op where every callback enters."""
+    enable = getattr(_host, "enable_callback", None)
+    if enable is not None:
+        enable(name)
+
+
 def call(function, *args):
     """Calls a host function; returns its outs (None, one value, or a tuple).
 

@@ -38,6 +38,11 @@ class Context:
 class HttpContext(Context):
     """One HTTP stream. Callbacks return an action (CONTINUE by default)."""
 
+    # Overridden methods among on_response_body, on_response_trailers and on_done
+    # that the host should still answer by itself until dispatcher.enable(method):
+    # a plugin that needs them only for some configurations pays nothing otherwise.
+    on_demand = ()
+
     def __init__(self, context_id, root):
         super().__init__(context_id)
         self.root = root

@@ -35,13 +35,29 @@ _DEFAULTED = {"proxy_on_response_body": "on_response_body",
 
 def handler(name):
     """The function to call for callback `name`, or None when the registered plugin
-    leaves it at the SDK's default, so the host answers it without entering Python
-    (a streamed answer's chunks then cost no Python call each). Call after the entry
-    module registered the plugin."""
+    leaves it at the SDK's default, or lists it in its stream class's `on_demand`,
+    so the host answers it without entering Python (a streamed answer's chunks
+    then cost no Python call each). Call after the entry module registered the
+    plugin."""
     method = _DEFAULTED.get(name)
-    if method is not None and not _overridden(method):
+    if method is not None and (not _overridden(method) or method in _on_demand()):
         return None
     return globals()[name]
+
+
+def enable(method):
+    """From now on the host enters Python for this stream method (one of the
+    stream class's `on_demand`), in this VM. Any callback, e.g. on_configure
+    once a configuration needs it."""
+    for name, defaulted in _DEFAULTED.items():
+        if defaulted == method:
+            abi.enable_callback(name)
+
+
+def _on_demand():
+    root = _root_factory
+    stream = getattr(root, "http_context", None) if isinstance(root, type) else None
+    return getattr(stream, "on_demand", ()) if stream else ()
 
 
 def _overridden(method):

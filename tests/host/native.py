@@ -47,7 +47,8 @@ class NativePlugin:
         self._roots = VM_PACKAGES + (entry.split(".")[0],)
         self._purge()
         abi = importlib.import_module("proxywasm.abi")
-        abi.bind(HostNamespace(emulator.host_functions()))
+        abi.bind(HostNamespace({**emulator.host_functions(),
+                                "enable_callback": self._enable_callback}))
         self.module = importlib.import_module(entry)
         self.dispatcher = importlib.import_module("proxywasm.dispatcher")
         self.abi = abi
@@ -56,6 +57,10 @@ class NativePlugin:
         # As the shim: a callback the plugin leaves at its default is answered here.
         self._callbacks = {name: self.dispatcher.handler(name)
                            for name, _, _ in abi_table.callbacks(self.target)}
+
+    def _enable_callback(self, name):
+        """As the shim's _proxywasm_host.enable_callback: `name` enters Python now."""
+        self._callbacks[name] = getattr(self.dispatcher, name)
 
     def _owned(self, name):
         return any(name == root or name.startswith(root + ".") for root in self._roots)
