@@ -103,3 +103,14 @@ def test_compose_harness_and_its_envoy_config_agree():
               for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]]
     assert sorted(listed) == sorted(replicas)
     assert wasm["allow_on_headers_stop_iteration"] is True
+
+
+def test_every_config_field_is_documented_in_both_languages():
+    from ai_load_balancer.config_fields import HEALTH_FIELDS, LB_CONFIG_FIELDS
+    for name in ("README.md", "README.zh-CN.md"):
+        with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+            text = f.read()
+        missing = [f.name for f in LB_CONFIG_FIELDS if f"`{f.name}`" not in text]
+        missing += [f"healthCheck.{f.name}" for f in HEALTH_FIELDS
+                    if f"`healthCheck.{f.name}`" not in text]
+        assert missing == [], f"{name} does not document {missing}"
