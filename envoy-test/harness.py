@@ -334,9 +334,12 @@ class Listener:
     route_timeout_s: float = 15.0
     retry_policy: dict = None      # the route's retry_policy, e.g. retry_policy(2)
     routes: list = None            # [(route name, path prefix)], in match order; None: "/"
+    cluster_header: str = ""       # route by this request header's cluster name instead
 
     def render(self):
         route = {"cluster": self.cluster, "timeout": f"{self.route_timeout_s}s"}
+        if self.cluster_header:
+            route = {"cluster_header": self.cluster_header, "timeout": route["timeout"]}
         if self.retry_policy:
             route["retry_policy"] = self.retry_policy
         routes = [{"match": {"prefix": "/"}, "route": route}] if self.routes is None else [

@@ -52,3 +52,28 @@ def test_the_manifests_rule_decides_its_route_and_leaves_others_alone(
     assert len({r.replica for r in other}) > 1  # the cluster's round robin spread them
     assert envoy.stats(r"wasmcustom\.ailb\.decisions\.prefix_cache\.")
     assert "Traceback" not in envoy.log()
+
+
+def test_cluster_metrics_routes_by_the_service_it_writes(start_envoy, production_wasm):
+    """lb_type cluster in stock Envoy: the route's cluster_header reads the
+    service the plugin chose (a client's value replaced); one request at a time
+    leaves both idle, so both get requests."""
+    with harness.ReplicaSet.start(2, prefix="svc") as services:
+        names = ["llm-a", "llm-b"]
+        document = {"lb_type": "cluster", "lb_policy": "cluster_metrics",
+                    "lb_config": {"mode": "LeastBusy", "service_list": names}}
+        config = harness.EnvoyConfig.simple(services.endpoints[:1], wasm_path=production_wasm,
+                                            plugin_config=document)
+        config.clusters = [harness.Cluster([address], name, override_host=False)
+                           for address, name in zip(services.endpoints, names)]
+        config.listeners[0].cluster_header = "x-higress-target-cluster"
+        envoy = start_envoy(config)
+        envoy.wait_for_log("configured, lb_policy=cluster_metrics")
+        with harness.Client(envoy.port) as client:
+            answers = [client.post("/v1/chat/completions", chat(["hi"]),
+                                   {**JSON, "x-higress-target-cluster": "no-such-cluster"})
+                       for _ in range(20)]
+    assert all(r.status == 200 for r in answers), [r.status for r in answers]
+    served = [r.replica for r in answers]
+    assert sorted(set(served)) == ["svc0", "svc1"] and served.count("svc0") >= 3, served
+    assert envoy.stats(r"wasmcustom\.ailb\.decisions\.cluster_metrics\.LeastBusy")
