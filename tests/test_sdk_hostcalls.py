@@ -329,7 +329,7 @@ def test_upstream_hosts(make_host):
     host = probe(make_host, target="higress")
     cid, _ = run_op(host, "upstream-hosts")
     assert result(host, cid) == ""  # none known: the SDK reads NotFound as []
-    host.set_upstream_hosts([("10.0.0.1:8000", {"healthy": True}),
+    host.set_upstream_hosts([("10.0.0.1:8000", '{"healthy": true}'),
                              ("10.0.0.2:8000", '{"healthy": false}')])
     cid, _ = run_op(host, "upstream-hosts")
     assert result(host, cid) == "10.0.0.1:8000=True;10.0.0.2:8000=False"
@@ -412,10 +412,12 @@ def test_redis_auth_and_database(make_host, redis_server, request):
     assert redis_server.command("EXISTS", key) == b":0\r\n"
 
 
-def test_redis_wrong_password_is_a_network_error(make_host, redis_server):
+def test_redis_wrong_password_is_silent(make_host, redis_server):
+    # Higress ignores the AUTH reply (raw_client_impl.cc): the connection stays
+    # the default user's, which on this server needs no password.
     host = redis_probe(make_host, redis_server, redis_username=redis_server.USERNAME,
                        redis_password="wrong")
-    assert redis_op(host, "PING") == (1, b"")
+    assert redis_op(host, "PING") == (0, b"+PONG\r\n")
 
 
 def test_redis_unreachable_is_a_network_error(make_host, closed_port):
@@ -424,10 +426,16 @@ def test_redis_unreachable_is_a_network_error(make_host, closed_port):
     assert redis_op(host, "PING") == (1, b"")
 
 
-@pytest.mark.parametrize("cluster", ["nope", "redis?db=x"])
-def test_redis_init_of_an_unknown_cluster_is_rejected(make_host, redis_server, cluster):
+def test_redis_init_of_an_unknown_cluster_is_rejected(make_host, redis_server):
     host = make_host(entry=PROBE, target="higress", clusters={"redis": redis_server.address})
     # The probe's on_configure raises on the BadArgument: the SDK logs it and
     # keeps the VM up (configure still succeeds, streams pass through).
-    assert host.start_plugin(json.dumps({"redis_cluster": cluster}))
+    assert host.start_plugin(json.dumps({"redis_cluster": "nope"}))
     assert any("BadArgument" in m for m in host.get_error_logs()), host.logs_text()
+
+
+def test_redis_init_with_a_bad_db_is_accepted(make_host, redis_server):
+    # Higress checks only the base cluster; its `SELECT x` fails silently.
+    host = redis_probe(make_host, redis_server, cluster="redis?db=x")
+    assert not host.get_error_logs(), host.logs_text()
+    assert redis_op(host, "PING") == (0, b"+PONG\r\n")

@@ -7,7 +7,9 @@ emulated Envoy / Higress host.
                       and Higress behave (bytes in, (status, *outs) out)
     emulator.py       HostEmulator: state, effective context, and the driver API
                       for tests (start_plugin, init_http_context, call_on_*, ...)
-    callouts.py       run_callouts(): http_call / redis_call performed for real
+    callouts.py       run_callouts(): http_call / redis_call performed for real;
+                      Higress's Redis client per cluster per worker (init
+                      semantics, 3 ms / 1024-byte write buffer, reply statuses)
     upstream.py       the HTTP/1.1 and Redis clients those callouts use
     resp.py           a RESP reader that finds where one reply ends
     shared.py         SharedStore: process-wide shared data, queues, metrics

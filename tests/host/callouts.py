@@ -2,6 +2,29 @@
 run_callouts() and answered to the plugin the way Envoy / Higress do.
 
 A mixin of HostEmulator (it uses the emulator's state and _call()).
+
+Redis, as Higress's Envoy does it (each point cites its source):
+- one client per cluster per worker, keyed by the BASE cluster name (the text
+  before "?"): ClusterEntry::redisAsyncClient() in
+  source/common/upstream/cluster_manager_impl.cc creates it lazily, with the
+  default config (no AUTH, no SELECT, op timeout 1000 ms) until an init;
+- proxy_redis_init replaces that client's config and closes its connections,
+  unless the client was initialised before with the same config (then nothing
+  happens: AsyncClientImpl::initialize / currentConfigEquals in
+  source/common/redis/async_client_impl.cc, newer Higress Envoy, higress #4086);
+- the write buffer: a command goes out when the connection's buffer reaches
+  max_buffer_size_before_flush (1024) bytes, else when the flush timer started
+  by the first buffered command fires buffer_flush_timeout (3) ms later
+  (RawClientImpl::makeRawRequest in source/extensions/filters/network/common/
+  redis/raw_client_impl.cc). The test host is synchronous: proxy_redis_call
+  notes when its command would leave the buffer (callout.flush_at, on
+  time.monotonic), and run_callouts() sleeps until then before sending it, so
+  no reply arrives earlier than Envoy could deliver it;
+- every call gets exactly one callback on the ROOT context: status 0 with the
+  raw reply (Redis error replies included), or status 1 (NetworkError) with
+  size 0 for a failure, timeout or a connection closed by a re-init
+  (Context::onRedisCallSuccess / onRedisCallFailure,
+  source/extensions/common/wasm/context.cc).
 """
 
 import time
@@ -9,8 +32,85 @@ import time
 from proxywasm import abi_table
 
 from . import upstream
-from .model import (ENVOY_LOCAL_REPLIES, OVERRIDE_HEADER, REDIS_NETWORK_ERROR, REDIS_OK,
-                    ROOT_CONTEXT_ID, HeaderMap, to_bytes, parse_endpoint, to_str, split_redis_cluster)
+from .model import (ENVOY_LOCAL_REPLIES, OVERRIDE_HEADER, REDIS_BUFFER_FLUSH_TIMEOUT_MS,
+                    REDIS_DEFAULT_TIMEOUT_MS, REDIS_MAX_BUFFER_BEFORE_FLUSH, REDIS_NETWORK_ERROR,
+                    REDIS_OK, ROOT_CONTEXT_ID, HeaderMap, parse_endpoint, redis_buffer_param,
+                    to_bytes, to_str)
+
+
+class RedisAsyncClient:
+    """Higress's Envoy Redis client for one cluster on one worker
+    (Redis::AsyncClientImpl, source/common/redis/async_client_impl.cc): its
+    config, its connection, its write buffer. See the module docstring."""
+
+    DEFAULT_CONFIG = ("", "", REDIS_DEFAULT_TIMEOUT_MS, ())  # ConfigImpl(): never initialised
+
+    def __init__(self):
+        self.initialized = False
+        self.config = self.DEFAULT_CONFIG  # (username, password, timeout_ms, params tuple)
+        self.connection = None             # upstream.RedisClient, opened on first send
+        self.generation = 0                # +1 each time init closes the connections
+        self.buffered = []                 # callouts in the write buffer, not yet flushed
+        self.buffer_bytes = 0
+        self.flush_at = None               # when the flush timer fires (time.monotonic)
+        self.inits = 0                     # inits that took effect (for tests)
+
+    def initialize(self, username, password, timeout_ms, params):
+        """True when the config changed (connections closed), False for the
+        no-op re-init with the current config."""
+        config = (username, password, timeout_ms, tuple(sorted(params.items())))
+        if self.initialized and config == self.config:
+            return False  # currentConfigEquals: newer Higress Envoy (higress #4086)
+        self.close()
+        self.config, self.initialized = config, True
+        self.inits += 1
+        return True
+
+    def close(self):
+        """Closes every connection: commands sent or buffered on them fail."""
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+        self.generation += 1
+        self.buffered, self.buffer_bytes, self.flush_at = [], 0, None
+
+    def hold(self, callout, now):
+        """Puts a command in the write buffer; sets callout.flush_at, the time
+        it leaves (RawClientImpl::makeRawRequest)."""
+        params = dict(self.config[3])
+        max_bytes = redis_buffer_param(params, "max_buffer_size_before_flush",
+                                       REDIS_MAX_BUFFER_BEFORE_FLUSH)
+        flush_ms = redis_buffer_param(params, "buffer_flush_timeout",
+                                      REDIS_BUFFER_FLUSH_TIMEOUT_MS)
+        if self.flush_at is not None and now >= self.flush_at:  # the timer fired meanwhile
+            self.buffered, self.buffer_bytes, self.flush_at = [], 0, None
+        was_empty = not self.buffered
+        self.buffered.append(callout)
+        self.buffer_bytes += len(callout.query)
+        callout.generation = self.generation
+        if self.buffer_bytes >= max_bytes:  # full: everything buffered goes out now
+            for held in self.buffered:
+                held.flush_at = now
+            self.buffered, self.buffer_bytes, self.flush_at = [], 0, None
+            return
+        if was_empty:
+            self.flush_at = now + flush_ms / 1000.0
+        callout.flush_at = self.flush_at
+
+    def send(self, address, query):
+        """Sends one command on the connection to `address` (opened with the
+        stored login when there is none); returns the reply bytes or raises
+        upstream.CalloutFailure."""
+        if self.connection is not None and self.connection.address != address:
+            # The host left the cluster: AsyncClientImpl::onHostsRemoved closes
+            # (or drains) its connection; the next send goes to a current host.
+            self.connection.close()
+            self.connection = None
+        if self.connection is None:
+            username, password, timeout_ms, params = self.config
+            self.connection = upstream.RedisClient(address, username, password,
+                                                   dict(params).get("db"), timeout_ms)
+        return self.connection.call(query)
 
 
 class Callouts:
@@ -117,25 +217,45 @@ class Callouts:
             self._http_response = None
 
     def _run_redis(self, callout):
-        client = self._redis_client(callout.cluster)
+        client = callout.client
+        current = self._redis_clients.get(callout.base)
+        if callout.base not in self.clusters or current is not client \
+                or callout.generation != client.generation:
+            # The connection it was written on was closed (a re-init, a cluster
+            # update or removal): RawClientImpl::onEvent fails every pending request.
+            self._redis_failed(callout, "connection closed before the reply")
+            return
+        wait = callout.flush_at - self.monotonic()
+        if wait > 0 and self.redis_write_buffering:
+            self.sleep(wait)  # still in Envoy's write buffer (see the module docstring)
+        endpoints = self.clusters[callout.base]
+        if not endpoints:
+            self._redis_failed(callout, "no available host")
+            return
         try:
-            reply = client.call(callout.query)
+            reply = client.send(endpoints[0], callout.query)
         except upstream.CalloutFailure as exc:
-            self.answered.append((callout, str(exc)))
-            reply = None
+            self._redis_failed(callout, str(exc))
+            return
         self._deliver_redis(callout, reply)
 
-    def _redis_client(self, cluster):
-        client = self._redis_clients.get(cluster)
+    def _redis_failed(self, callout, why):
+        self.answered.append((callout, why))
+        self._deliver_redis(callout, None)
+
+    def _redis_client(self, base):
+        """The Redis client of a base cluster on this worker, created on first use
+        with the default config (ClusterEntry::redisAsyncClient())."""
+        client = self._redis_clients.get(base)
         if client is None:
-            base, db = split_redis_cluster(cluster)
-            username, password, timeout_ms = self._redis_inits.get(cluster, ("", "", 1000))
-            client = upstream.RedisClient(self.clusters[base][0], username, password, db,
-                                          timeout_ms)
-            self._redis_clients[cluster] = client
+            client = self._redis_clients[base] = RedisAsyncClient()
         return client
 
     def _deliver_redis(self, callout, reply):
+        """proxy_on_redis_call_response on the ROOT context: (token, 0, size)
+        with the reply readable as buffer 9 during the callback only, or
+        (token, 1, 0) for a failure."""
+        callout.delivered_at = self.monotonic()
         if reply is not None:
             self.answered.append((callout, reply))
         self._redis_reply = reply

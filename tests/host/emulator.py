@@ -33,8 +33,8 @@ from .hostfunctions import HostFunctions
 from .model import (CONTINUE, CRITICAL, DEBUG, ERROR, INFO, LEVEL_NAMES, OK, REQUEST_BODY,
                     REQUEST_HEADERS, REQUEST_TRAILERS, RESPONSE_BODY, RESPONSE_HEADERS,
                     RESPONSE_TRAILERS, ROOT_CONTEXT_ID, STREAM_REQUEST, STREAM_RESPONSE, TRACE,
-                    WARN, HeaderMap, LocalResponse, PendingCallout, Stream, parse_endpoints,
-                    property_path, to_bytes, to_str)
+                    WARN, REDIS_FIRST_TOKEN, HeaderMap, LocalResponse, PendingCallout, Stream,
+                    higress_host_info, parse_endpoints, property_path, to_bytes, to_str)
 from .shared import Metric, SharedStore
 from .stubs import target_functions
 
@@ -46,7 +46,8 @@ class HostEmulator(HostFunctions, Callouts):
 
     def __init__(self, target="envoy", clusters=None, shared=None, vm_id="",
                  plugin_name="ai-load-balancer", log_level=TRACE, body_buffering="envoy",
-                 local_reply_callbacks=True, echo_logs=False):
+                 local_reply_callbacks=True, echo_logs=False, unimplemented=(),
+                 redis_write_buffering=True):
         if target not in abi_table.TARGETS:
             raise ValueError(f"unknown target {target!r}")
         self.target = target
@@ -65,6 +66,14 @@ class HostEmulator(HostFunctions, Callouts):
         # on_response_body) see it. False: only record it.
         self.local_reply_callbacks = local_reply_callbacks
         self.echo_logs = echo_logs
+        # Host functions of the target that answer Unimplemented (12) here, e.g.
+        # {"proxy_get_upstream_hosts"} for a Higress older than that call.
+        self.unimplemented = set(unimplemented)
+        # Hold small Redis commands in the write buffer as Higress's Envoy does
+        # (see callouts.py); False sends them at once (faster, less faithful).
+        self.redis_write_buffering = redis_write_buffering
+        self.monotonic = time.monotonic  # the clock of Redis write buffering
+        self.sleep = time.sleep
         self.plugin = None  # the transport: native or wasm
         self.logs = []      # (level, message)
         self.properties = {
@@ -74,7 +83,7 @@ class HostEmulator(HostFunctions, Callouts):
         self.vm_configuration = b""
         self.plugin_configuration = b""
         self.tick_period_ms = 0
-        self.upstream_hosts = None  # Higress: [(address, info json)]
+        self.upstream_hosts = []  # Higress: [(address, info JSON)] of the route's cluster
         self.foreign_functions = {
             "compress": zlib.compress, "uncompress": zlib.decompress,
             "clear_route_cache": self._clear_route_cache,
@@ -99,13 +108,12 @@ class HostEmulator(HostFunctions, Callouts):
         self._metric_ids = {}        # metric id -> Metric
         self._next_metric = 1
         self._next_http_token = 1
-        self._next_redis_token = 1
+        self._next_redis_token = REDIS_FIRST_TOKEN
         self.pending = []            # PendingCallout
         self.answered = []           # (PendingCallout, outcome) in delivery order
         self._ready_queues = []      # (root id, queue id) waiting for delivery
         self._local_replies = []     # streams whose local reply goes out after the callback
-        self._redis_inits = {}       # cluster (with ?db=) -> (username, password, timeout)
-        self._redis_clients = {}     # cluster -> upstream.RedisClient
+        self._redis_clients = {}     # base cluster -> callouts.RedisAsyncClient
 
     # ======================================================================
     # Wiring
@@ -352,8 +360,57 @@ class HostEmulator(HostFunctions, Callouts):
         return self._stream_of(context_id).override_host
 
     def set_upstream_hosts(self, hosts):
-        """What proxy_get_upstream_hosts answers (Higress): [(address, info JSON)]."""
-        self.upstream_hosts = [(a, i if isinstance(i, str) else json.dumps(i)) for a, i in hosts]
+        """The route's cluster hosts proxy_get_upstream_hosts lists (Higress), as
+        [(address, info)]. info is a dict {"health_status": "Healthy" |
+        "Degraded" | "Unhealthy" (default Healthy), "metrics": the last health
+        probe body (str or bytes; cut at 64 KiB)}, turned into the JSON Higress's
+        Envoy writes (model.higress_host_info); or a str, passed as is (to feed
+        the plugin a value Envoy would not write)."""
+        entries = []
+        for address, info in hosts:
+            if not isinstance(info, str):
+                unknown = set(info) - {"health_status", "metrics"}
+                if unknown:
+                    raise ValueError(f"Higress host info has no {sorted(unknown)}")
+                info = higress_host_info(**info)
+            entries.append((address, info))
+        self.upstream_hosts = entries
+
+    # --- clusters (CDS) -----------------------------------------------------------
+
+    def add_cluster(self, name, address):
+        """CDS delivers a cluster to this worker (e.g. the Redis cluster after the
+        plugin was configured): proxy_redis_init / _call / http_call find it from now."""
+        self.clusters[name] = parse_endpoints(address)
+
+    def update_cluster(self, name, address=None):
+        """CDS updates a cluster: Envoy builds a new ClusterEntry, whose Redis
+        client is new and NOT initialised (no AUTH, no SELECT) until the plugin
+        calls proxy_redis_init again; the old one's connections close and its
+        pending calls fail (cluster_manager_impl.cc, ClusterEntry::redisAsyncClient;
+        the cause of NOAUTH after a config change, higress #3560)."""
+        if address is not None:
+            self.clusters[name] = parse_endpoints(address)
+        elif name not in self.clusters:
+            raise KeyError(f"no cluster {name!r}")
+        client = self._redis_clients.pop(name, None)
+        if client is not None:
+            client.close()
+
+    def remove_cluster(self, name):
+        """CDS removes a cluster: calls to it answer BadArgument again."""
+        self.clusters.pop(name, None)
+        client = self._redis_clients.pop(name, None)
+        if client is not None:
+            client.close()
+
+    def redis_client_state(self, cluster):
+        """(initialised, (username, password, timeout_ms, params), inits that took
+        effect) of a base cluster's Redis client on this worker, or None."""
+        client = self._redis_clients.get(cluster)
+        if client is None:
+            return None
+        return client.initialized, client.config, client.inits
 
     def set_property(self, path, value, context_id=None):
         """Sets a host property, for all streams or one (`context_id`)."""

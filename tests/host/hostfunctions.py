@@ -9,12 +9,12 @@ current (`_stream()` is None in the root context).
 from proxywasm import headers as header_codec
 
 from .model import (BAD_ARGUMENT, FOREIGN_CALL_DATA, HTTP_CALL_RESPONSE_BODY,
-                    HTTP_CALL_RESPONSE_HEADERS, HTTP_CALL_RESPONSE_TRAILERS, LEVEL_NAMES,
-                    NOT_FOUND, OK, PLUGIN_CONFIGURATION, REDIS_CALL_RESPONSE, REQUEST_BODY,
-                    REQUEST_HEADERS, REQUEST_TRAILERS, RESPONSE_BODY, RESPONSE_HEADERS,
-                    RESPONSE_TRAILERS, ROOT_CONTEXT_ID, STREAM_REQUEST,
-                    STREAM_RESPONSE, U32, VM_CONFIGURATION, LocalResponse, PendingCallout,
-                    property_path, split_redis_cluster, to_str)
+                    HTTP_CALL_RESPONSE_HEADERS, HTTP_CALL_RESPONSE_TRAILERS, INTERNAL_FAILURE,
+                    LEVEL_NAMES, NOT_FOUND, OK, PLUGIN_CONFIGURATION, REDIS_CALL_RESPONSE,
+                    REDIS_TOKEN_STEP, REQUEST_BODY, REQUEST_HEADERS, REQUEST_TRAILERS,
+                    RESPONSE_BODY, RESPONSE_HEADERS, RESPONSE_TRAILERS, ROOT_CONTEXT_ID,
+                    STREAM_REQUEST, STREAM_RESPONSE, U32, UNIMPLEMENTED, VM_CONFIGURATION,
+                    LocalResponse, PendingCallout, property_path, redis_cluster_params, to_str)
 from .shared import Metric
 from .stubs import HostStubs
 
@@ -343,36 +343,63 @@ class HostFunctions(HostStubs):
     # Host functions: Higress extensions (offered only with target="higress")
     # ======================================================================
 
+    # Sources: Context::getUpstreamHosts / setUpstreamOverrideHost / redisInit /
+    # redisCall under #if defined(HIGRESS) in Higress's Envoy
+    # source/extensions/common/wasm/context.cc, and their wasm boundary in
+    # higress-group/proxy-wasm-cpp-host src/exports.cc. A function named in
+    # `self.unimplemented` answers Unimplemented (12), as cpp-host's default
+    # ContextBase body does on a host that does not override it (an older Higress).
+
     def proxy_get_upstream_hosts(self):
-        if self.upstream_hosts is None:
-            return NOT_FOUND, b""
+        """The route's cluster hosts, every priority, unhealthy ones included:
+        pairs address -> host info JSON (model.higress_host_info). Always Ok:
+        an empty list with no stream (the root context has no decoder
+        callbacks) or no host list; exports.cc then writes ptr 0, size 0."""
+        if "proxy_get_upstream_hosts" in self.unimplemented:
+            return UNIMPLEMENTED, b""
+        if self._stream() is None or not self.upstream_hosts:
+            return OK, b""
         return OK, header_codec.encode(self.upstream_hosts)
 
     def proxy_set_upstream_override_host(self, address):
+        """exports.cc ignores what setUpstreamOverrideHost answers and returns Ok;
+        Envoy sets it non-strict (an unknown or unhealthy address lets the
+        cluster's LB pick instead) and does nothing outside a stream."""
+        if "proxy_set_upstream_override_host" in self.unimplemented:
+            return UNIMPLEMENTED
         stream = self._stream()
-        if stream is None:
-            return BAD_ARGUMENT
-        stream.override_host = to_str(address)
+        if stream is not None:
+            stream.override_host = to_str(address)
         return OK
 
     def proxy_redis_init(self, cluster, username, password, timeout_ms):
-        cluster = to_str(cluster)
-        base, db = split_redis_cluster(cluster)
-        if base not in self.clusters or db == -1:
+        """BadArgument when the base cluster (before "?") is not on this worker
+        (yet: CDS may deliver it later); else (re)configures the base cluster's
+        one client and answers Ok (see callouts.RedisAsyncClient)."""
+        if "proxy_redis_init" in self.unimplemented:
+            return UNIMPLEMENTED
+        base, params = redis_cluster_params(to_str(cluster))
+        if base not in self.clusters:
             return BAD_ARGUMENT
-        self._redis_inits[cluster] = (to_str(username), to_str(password), timeout_ms)
-        old = self._redis_clients.pop(cluster, None)
-        if old is not None:
-            old.close()
+        self._redis_client(base).initialize(to_str(username), to_str(password), timeout_ms,
+                                            params)
         return OK
 
     def proxy_redis_call(self, cluster, query):
-        cluster = to_str(cluster)
-        base, db = split_redis_cluster(cluster)
-        if base not in self.clusters or db == -1:
+        """BadArgument for a base cluster not on this worker; no init needed (the
+        client's default config then applies). The query bytes go out as given."""
+        if "proxy_redis_call" in self.unimplemented:
+            return UNIMPLEMENTED, 0
+        base, _ = redis_cluster_params(to_str(cluster))
+        if base not in self.clusters:
             return BAD_ARGUMENT, 0
+        if not self.clusters[base]:
+            return INTERNAL_FAILURE, 0  # AsyncClientImpl::send: "no available host"
         token = self._next_redis_token
-        self._next_redis_token = (self._next_redis_token + 1) & U32 or 1
-        self.pending.append(PendingCallout("redis", token, cluster, self._context_id(),
-                                           query=bytes(query)))
+        self._next_redis_token = (token + REDIS_TOKEN_STEP) & U32
+        callout = PendingCallout("redis", token, to_str(cluster), self._context_id(),
+                                 query=bytes(query), base=base, client=self._redis_client(base),
+                                 called_at=self.monotonic())
+        callout.client.hold(callout, callout.called_at)
+        self.pending.append(callout)
         return OK, token

@@ -4,11 +4,15 @@ Pure data and helpers shared by the emulator's parts (emulator.py, hostfunctions
 callouts.py); nothing here calls the plugin.
 """
 
+import json
+
 from proxywasm import abi_table, headers as header_codec
 
 OK = abi_table.OK
 NOT_FOUND = abi_table.NOT_FOUND
 BAD_ARGUMENT = abi_table.BAD_ARGUMENT
+UNIMPLEMENTED = abi_table.UNIMPLEMENTED
+INTERNAL_FAILURE = abi_table.INTERNAL_FAILURE
 INVALID_MEMORY_ACCESS = abi_table.INVALID_MEMORY_ACCESS
 
 ROOT_CONTEXT_ID = 1
@@ -25,8 +29,26 @@ VM_CONFIGURATION, PLUGIN_CONFIGURATION, FOREIGN_CALL_DATA, REDIS_CALL_RESPONSE =
 STREAM_REQUEST, STREAM_RESPONSE = 0, 1
 # Actions.
 CONTINUE, PAUSE = 0, 1
-# proxy_on_redis_call_response status (Higress).
+# proxy_on_redis_call_response status (Higress): RedisStatus in the cpp-sdk's
+# proxy_wasm_enums.h has only these two; a timeout is a NetworkError too.
 REDIS_OK, REDIS_NETWORK_ERROR = 0, 1
+# Higress's Envoy Redis client (envoy/redis/async_client.h, AsyncClientConfig and
+# the ConfigImpl a never-initialised client uses): op timeout 1000 ms, and a
+# command is held in the connection's write buffer until that buffer reaches
+# 1024 bytes or 3 ms passed (raw_client_impl.cc, RawClientImpl::makeRawRequest).
+REDIS_DEFAULT_TIMEOUT_MS = 1000
+REDIS_MAX_BUFFER_BEFORE_FLUSH = 1024
+REDIS_BUFFER_FLUSH_TIMEOUT_MS = 3
+# proxy-wasm-cpp-host include/proxy-wasm/wasm.h: CalloutType::RedisCall = 3,
+# ids step by kCalloutIncrement 4 from 3, so the first Redis token is 7.
+REDIS_FIRST_TOKEN, REDIS_TOKEN_STEP = 7, 4
+# HTTP health checker, store_metrics (Higress): at most this much of the probe
+# body becomes the host's metrics (StoreMetricsResponseBodyLimit in
+# source/extensions/health_checkers/http/health_checker_impl.cc).
+METRICS_BODY_LIMIT = 64 * 1024
+# convertHealthStatusToString (source/extensions/common/wasm/context.cc): the
+# coarse health, spelled exactly so.
+HEALTH_STATUSES = ("Healthy", "Degraded", "Unhealthy")
 
 OVERRIDE_HEADER = "x-gateway-destination-endpoint"
 # What Envoy 1.40's router answers an http_call whose upstream gave no response
@@ -179,12 +201,46 @@ def parse_endpoints(value):
     return [parse_endpoint(v) for v in value]
 
 
-def split_redis_cluster(cluster):
-    """"name?db=N" -> ("name", N); "name" -> ("name", None); a bad db -> -1."""
+def higress_host_info(health_status="Healthy", metrics=b""):
+    """One proxy_get_upstream_hosts value as Higress's Envoy builds it
+    (Context::getUpstreamHosts, source/extensions/common/wasm/context.cc): a
+    std::map<string, string> (so keys sorted) dumped by nlohmann json with
+    dump(0) (newline between members, ": " after keys, no indent), "metrics"
+    only when non-empty. `metrics` is the last health-probe body, cut at 64 KiB
+    by the health checker; a cut inside a UTF-8 sequence makes nlohmann throw,
+    and Envoy then answers {"error": "Failed to get host info"}."""
+    if health_status not in HEALTH_STATUSES:
+        raise ValueError(f"health_status must be one of {HEALTH_STATUSES}, not {health_status!r}")
+    fields = {"health_status": health_status}
+    body = to_bytes(metrics)[:METRICS_BODY_LIMIT]
+    if body:
+        try:
+            fields["metrics"] = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return '{"error": "Failed to get host info"}'
+    # json.dumps(ensure_ascii=False) escapes exactly as nlohmann's dump_escaped
+    # without ensure_ascii: \" \\ \b \f \n \r \t, other controls as \u00xx.
+    members = [f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}"
+               for k, v in sorted(fields.items())]
+    return "{\n" + ",\n".join(members) + "\n}"
+
+
+def redis_cluster_params(cluster):
+    """"name?db=3&x=y" -> ("name", {"db": "3", "x": "y"}): Higress's Envoy uses the
+    text before the first "?" as the cluster name and keeps the first value of
+    each query key (Http::Utility::QueryParamsMulti::parseQueryString in
+    Context::redisInit, source/extensions/common/wasm/context.cc)."""
     base, _, query = cluster.partition("?")
-    db = None
+    params = {}
     for part in query.split("&") if query else ():
-        key, _, value = part.partition("=")
-        if key == "db":
-            db = int(value) if value.isdigit() else -1
-    return base, db
+        if part:
+            key, _, value = part.partition("=")
+            params.setdefault(key, value)
+    return base, params
+
+
+def redis_buffer_param(params, key, default):
+    """AsyncClientConfig::parseUint32FromParams (envoy/redis/async_client.h in
+    Higress's Envoy): a uint32 from the init URL, the default when absent or invalid."""
+    value = params.get(key, "")
+    return int(value) if value.isdigit() and int(value) <= U32 else default

@@ -6,6 +6,7 @@ a failed callout: connection refused or reset, timeout, garbage.
 """
 
 import http.client
+import select
 import socket
 import time
 
@@ -83,9 +84,24 @@ def http_request(address, header_pairs, body=b"", timeout_s=None):
 # --- Redis -----------------------------------------------------------------------
 
 class RedisClient:
-    """One connection to a redis-server, opened on first use like Higress's
-    client for a cluster: AUTH with the proxy_redis_init credentials, SELECT
-    the database of a `?db=N` cluster name. Reconnects after a failure."""
+    """One connection to a redis-server, as Higress's Envoy opens one for a
+    cluster's Redis client (RawClientImpl, source/extensions/filters/network/
+    common/redis/raw_client_impl.cc):
+
+    - opened on first use; on a new connection `AUTH [username] password` (when
+      a username or password is set) and `SELECT db` (when the init URL has
+      db=) go out before the first command, and their replies are IGNORED
+      (RawClientImpl::initialize sends them with DoNothingRawClientCallbacks):
+      a wrong password or a bad db is silent, later commands just get Redis's
+      error (-NOAUTH, -WRONGPASS, ...) as an ordinary reply;
+    - one reply per call, matched in order (RawClientImpl::onRawResponse pops
+      the first pending request): the query bytes go out as given, so a query
+      holding two commands leaves its second reply to the next call, as on
+      Envoy's connection;
+    - the op timeout closes the connection (onConnectOrOpTimeout); a closed
+      connection is opened again, with the same login, on the next call.
+
+    Raises CalloutFailure for what Envoy reports as NetworkError."""
 
     def __init__(self, address, username="", password="", db=None, timeout_ms=1000):
         self.address = address
@@ -95,37 +111,50 @@ class RedisClient:
         self.timeout_s = (timeout_ms or 1000) / 1000.0
         self._sock = None
         self._buffer = bytearray()
+        self._ignored = 0  # replies still due for AUTH / SELECT
 
     def call(self, query):
-        """Sends the query bytes, returns the raw reply bytes (one reply per
-        command the query holds). Raises CalloutFailure."""
-        commands = _count_replies(query)
+        """Sends the query bytes, returns the raw bytes of the next reply."""
         try:
+            if self._sock is not None and self._peer_closed():
+                self.close()  # Envoy saw the close and dropped the connection meanwhile
             if self._sock is None:
                 self._connect()
             self._sock.settimeout(self.timeout_s)
             self._sock.sendall(query)
-            return b"".join(self._read_reply() for _ in range(max(commands, 1)))
+            while self._ignored:
+                self._read_reply()
+                self._ignored -= 1
+            return self._read_reply()
         except (OSError, resp.ProtocolError, CalloutFailure) as exc:
             self.close()
             raise CalloutFailure(f"redis {self.address}: {exc}") from exc
+
+    def _peer_closed(self):
+        """True when the server closed the connection since the last reply (as
+        Redis does after a protocol error): Envoy's event loop would have seen it
+        and deleted the client, so the next send opens a new connection."""
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+            return bool(readable) and not self._sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return True
 
     def _connect(self):
         self._sock = socket.create_connection(self.address, timeout=self.timeout_s)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._buffer.clear()
-        if self.password:
-            auth = (resp.command("AUTH", self.username, self.password) if self.username
-                    else resp.command("AUTH", self.password))
-            self._handshake(auth, "AUTH")
+        self._ignored = 0
+        handshake = b""
+        if self.username:
+            handshake += resp.command("AUTH", self.username, self.password)
+        elif self.password:
+            handshake += resp.command("AUTH", self.password)
         if self.db is not None:
-            self._handshake(resp.command("SELECT", self.db), "SELECT")
-
-    def _handshake(self, query, what):
-        self._sock.sendall(query)
-        reply = self._read_reply()
-        if reply.startswith(b"-"):
-            raise CalloutFailure(f"{what} failed: {reply.strip().decode(errors='replace')}")
+            handshake += resp.command("SELECT", self.db)
+        if handshake:
+            self._sock.sendall(handshake)
+            self._ignored = _count_replies(handshake)
 
     def _read_reply(self):
         deadline = time.monotonic() + self.timeout_s
