@@ -140,18 +140,21 @@ def free_port():
 
 
 class RedisServer:
-    """A redis-server on loopback. Users: the default user (no password) and
+    """A redis-server on loopback. Users: the default user (no password, or
+    `requirepass`: then a connection that did not AUTH gets -NOAUTH) and
     `ailb` / `ailb-secret` (for AUTH tests)."""
 
     USERNAME, PASSWORD = "ailb", "ailb-secret"
 
-    def __init__(self, binary, directory):
+    def __init__(self, binary, directory, requirepass=None):
         self.host, self.port = "127.0.0.1", free_port()
         self.address = (self.host, self.port)
+        self.requirepass = requirepass
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", self.host, "--dir", directory,
              "--save", "", "--appendonly", "no", "--protected-mode", "no",
-             "--user", self.USERNAME, "on", f">{self.PASSWORD}", "~*", "&*", "+@all"],
+             "--user", self.USERNAME, "on", f">{self.PASSWORD}", "~*", "&*", "+@all"]
+            + (["--requirepass", requirepass] if requirepass else []),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
@@ -168,7 +171,8 @@ class RedisServer:
     def command(self, *args, db=None):
         """Runs one command as the default user (in database `db`); returns the
         raw reply bytes."""
-        client = RedisClient(self.address, db=db, timeout_ms=2000)
+        client = RedisClient(self.address, password=self.requirepass or "", db=db,
+                             timeout_ms=2000)
         try:
             return client.call(resp.command(*args))
         finally:

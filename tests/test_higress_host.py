@@ -15,7 +15,7 @@ import time
 import pytest
 
 from proxywasm import CONTINUE, PAUSE, headers
-from tests.conftest import free_port
+from tests.conftest import RedisServer
 from tests.host import resp
 from tests.host.emulator import HostEmulator
 from tests.host.model import (BAD_ARGUMENT, INTERNAL_FAILURE, METRICS_BODY_LIMIT, OK,
@@ -30,42 +30,7 @@ PROBE = "probe_plugin"
 
 # --- a redis-server that requires a password ------------------------------------------------
 
-class PasswordRedis:
-    """redis-server with `requirepass`: a connection that did not AUTH gets -NOAUTH."""
-
-    PASSWORD = "ailb-requirepass"
-
-    def __init__(self, binary, directory):
-        self.address = ("127.0.0.1", free_port())
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.address[1]), "--bind", self.address[0],
-             "--dir", directory, "--save", "", "--appendonly", "no",
-             "--requirepass", self.PASSWORD],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if self.command("PING") == b"+PONG\r\n":
-                    break
-            except CalloutFailure:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.02)
-
-    def command(self, *args, db=None):
-        """One command, logged in; the raw reply (llm_traffic's helpers use this)."""
-        client = RedisClient(self.address, password=self.PASSWORD, db=db, timeout_ms=2000)
-        try:
-            return client.call(resp.command(*args))
-        finally:
-            client.close()
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(5)
+PASSWORD = "ailb-requirepass"
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +39,7 @@ def password_redis():
     if binary is None:
         pytest.skip("redis-server is not installed")
     directory = tempfile.mkdtemp(prefix="ailb-redis-pw-")
-    server = PasswordRedis(binary, directory)
+    server = RedisServer(binary, directory, requirepass=PASSWORD)
     yield server
     server.stop()
     shutil.rmtree(directory, ignore_errors=True)
@@ -176,7 +141,7 @@ def test_auth_is_fire_and_forget_so_login_errors_are_ordinary_replies(make_host,
     assert host.proxy_redis_init(b"redis", b"", b"wrong", 1000) == OK  # a wrong password...
     status, reply = redis_op(host, "PING")  # ...is silent until the next command
     assert status == 0 and reply.startswith(b"-NOAUTH")
-    assert host.proxy_redis_init(b"redis", b"", password_redis.PASSWORD.encode(), 1000) == OK
+    assert host.proxy_redis_init(b"redis", b"", PASSWORD.encode(), 1000) == OK
     assert redis_op(host, "PING") == (0, b"+PONG\r\n")
     callout = host.answered[-1][0]
     assert callout.delivered_at >= callout.flush_at > callout.called_at  # held 3 ms
@@ -264,7 +229,7 @@ def test_redis_counts_are_exact_with_envoys_write_buffer(make_host, redis_server
 def test_noauth_after_a_cluster_update_falls_back_then_logs_in_again(make_host, password_redis):
     clear_redis(password_redis)
     host = start(make_host, "global_least_request", target="higress",
-                 redis_address=password_redis.address, password=PasswordRedis.PASSWORD)
+                 redis_address=password_redis.address, password=PASSWORD)
     cid, _ = send(host)
     assert redis_round(host, cid)
     finish(host, cid)
@@ -281,7 +246,7 @@ def test_noauth_after_a_cluster_update_falls_back_then_logs_in_again(make_host, 
         r.startswith(b"-NOAUTH") or b"unauthenticated" in r)]
     assert len(refused) == 1, host.answered
     assert host.redis_client_state(REDIS_CLUSTER)[:2] == (
-        True, ("", PasswordRedis.PASSWORD, 3000, ()))  # the plugin initialised it again
+        True, ("", PASSWORD, 3000, ()))  # the plugin initialised it again
     finish(host, cid)
     assert embedded_inflight(host) == {}
 
