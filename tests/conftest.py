@@ -188,16 +188,22 @@ class RedisServer:
                 self.process.wait()
 
 
-@pytest.fixture(scope="session")
-def redis_server():
+def running_redis(**options):
+    """Yields a RedisServer (options: requirepass) in a temp dir, for a fixture;
+    skips the test where redis-server is not installed."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (Debian: apt-get install -y redis-server)")
     directory = tempfile.mkdtemp(prefix="ailb-redis-")
-    server = RedisServer(binary, directory)
+    server = RedisServer(binary, directory, **options)
     yield server
     server.stop()
     shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    yield from running_redis()
 
 
 # --- tiny loopback HTTP servers -----------------------------------------------------------

@@ -9,7 +9,7 @@ import re
 import pytest
 import yaml
 
-from ai_load_balancer import rules
+from ai_load_balancer import config_fields, rules
 from higress import wasmplugin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,7 +66,7 @@ def test_wasmplugin_manifest_is_complete_and_what_higress_delivers_is_accepted(p
     configured = [rule["config"]["lb_policy"] for rule in spec["matchRules"]
                   if not rule.get("configDisable")]
     assert [rule.config.policy for rule in parsed.rules] == [
-        rules.ALIASES.get(p, p) for p in configured]
+        config_fields.ALIASES.get(p, p) for p in configured]
 
 
 def test_manifests_have_distinct_names():

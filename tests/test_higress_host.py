@@ -7,20 +7,15 @@ NOAUTH after a cluster update, an older Higress without
 proxy_get_upstream_hosts, degraded hosts and 64 KiB of metrics."""
 
 import json
-import shutil
-import subprocess
-import tempfile
-import time
 
 import pytest
 
 from proxywasm import CONTINUE, PAUSE, headers
-from tests.conftest import RedisServer
+from tests.conftest import running_redis
 from tests.host import resp
 from tests.host.emulator import HostEmulator
 from tests.host.model import (BAD_ARGUMENT, INTERNAL_FAILURE, METRICS_BODY_LIMIT, OK,
                               UNIMPLEMENTED, Stream, higress_host_info)
-from tests.host.upstream import CalloutFailure, RedisClient
 from tests.llm_traffic import (CLUSTER, REDIS_CLUSTER, REPLICAS, chat_body, clear_redis,
                                decision, embedded_inflight, finish, pinned, plugin_config,
                                redis_calls, redis_inflight, send, start)
@@ -35,14 +30,7 @@ PASSWORD = "ailb-requirepass"
 
 @pytest.fixture(scope="module")
 def password_redis():
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    directory = tempfile.mkdtemp(prefix="ailb-redis-pw-")
-    server = RedisServer(binary, directory, requirepass=PASSWORD)
-    yield server
-    server.stop()
-    shutil.rmtree(directory, ignore_errors=True)
+    yield from running_redis(requirepass=PASSWORD)
 
 
 # --- the host itself (no plugin: host functions called directly) ----------------------------

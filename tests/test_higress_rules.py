@@ -13,7 +13,7 @@ import os
 import pytest
 import yaml
 
-from ai_load_balancer import config, rules
+from ai_load_balancer import config, config_fields, rules
 from higress import wasmplugin
 from tests.llm_traffic import (REDIS_CLUSTER, REPLICAS, chat_body, clear_redis, finish,
                                pinned, redis_inflight)
@@ -178,7 +178,7 @@ def decisions(host, policy):
 def test_the_configured_policy_decides_for_matching_requests_and_nothing_else(
         make_host, redis_server, manifest, fixture):
     rule = manifest["spec"]["matchRules"][0]
-    policy = rules.ALIASES.get(rule["config"]["lb_policy"], rule["config"]["lb_policy"])
+    policy = config_fields.ALIASES.get(rule["config"]["lb_policy"], rule["config"]["lb_policy"])
     clear_redis(redis_server, VLLM)
     host = higress_host(make_host, fixture, redis_server)
     if "ingress" in rule:

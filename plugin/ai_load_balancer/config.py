@@ -15,7 +15,6 @@ from .config_fields import (ALIASES, BY_NAME, CLUSTER_POLICIES, HEALTH_BY_NAME, 
 from .scheduling import DEFAULT_WEIGHTS, SCORERS
 
 __all__ = ["ConfigError", "LBConfig", "parse_doc"]
-METRIC_POLICIES = BY_NAME["metric_policy"].choices
 _WEIGHT = Field("weight", "int", 1, (), "a replica's weight", low=1, high=1000)
 _STATUS = Field("status", "int", 429, (), "an HTTP status", low=100, high=599)
 

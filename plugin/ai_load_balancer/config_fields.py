@@ -48,8 +48,7 @@ class Field:
     higress: str = ""      # how Higress's own ai-load-balancer treats it ("": not a Higress field)
 
 
-def _f(*args, **kwargs):
-    return Field(*args, **kwargs)
+_f = Field  # short, for the tables below
 
 
 LB_CONFIG_FIELDS = (

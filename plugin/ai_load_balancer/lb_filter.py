@@ -31,6 +31,7 @@ METRICS = ("least_busy", "queue_depth")
 
 class LoadBalancerStream(HttpContext):
     on_demand = ("on_response_body",)  # only cluster_metrics times the first answer byte
+
     def __init__(self, context_id, root):
         super().__init__(context_id, root)
         self.lb = None                # the Balancer of this request's configuration

@@ -22,7 +22,6 @@ import json
 from dataclasses import dataclass
 
 from .config import ConfigError, parse_doc
-from .config_fields import ALIASES  # noqa: F401 - re-exported for callers
 
 RULES_KEY = "_rules_"
 MATCH_KEYS = ("_match_route_", "_match_domain_", "_match_service_", "_match_route_prefix_")
