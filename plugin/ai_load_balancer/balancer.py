@@ -7,6 +7,7 @@ import hashlib
 
 from proxywasm import hostcalls
 from proxywasm.abi import HostError
+from proxywasm.dispatcher import run_isolated
 
 from . import endpoints, redis_state
 from .cluster_metrics import ServiceStats
@@ -31,7 +32,6 @@ class Balancer:
         self.name = name
         self.vm_id = root.vm_id
         self.limiter = root.limiter
-        self.waiting = {}             # context id -> stream paused on a Redis reply
         self.redis_clusters = set()   # clusters this VM counted requests in (lease renewal)
         self.redis = None             # the Redis cluster, once redis_init succeeded
         self.wants_redis = False      # configured with Redis (and the host has it)
@@ -112,19 +112,22 @@ class Balancer:
     def tick(self, now_ms):
         if self.inflight is None:
             return
-        self.connect_redis()
-        for stream in list(self.waiting.values()):
-            if now_ms - stream.waiting_since_ms >= self.config.redis.timeout_ms:
-                stream.redis_timed_out()
-        self.inflight.renew(now_ms)
+        # Each step on its own: one that raises does not skip the others.
+        run_isolated("Redis connect", self.connect_redis)
+        run_isolated("lease renewal", self.inflight.renew, now_ms)
         if not endpoints.lists_hosts():  # Higress checks health itself
-            self.health.tick(self.root, self.config.endpoints, now_ms)
+            run_isolated("health checks", self.health.tick, self.root, self.config.endpoints,
+                         now_ms)
         if self.least_busy and self.least_busy.scraper.cluster:
-            self.least_busy.scraper.tick(self.root, self.config.endpoints, now_ms)
+            run_isolated("metrics scraping", self.least_busy.scraper.tick, self.root,
+                         self.config.endpoints, now_ms)
         if self.redis:
-            for cluster in self.redis_clusters:
-                hostcalls.redis_call(self.redis, redis_state.renew_command(
-                    cluster, self.vm_id, self.config.lease_s * 1000))
+            run_isolated("Redis lease renewal", self._renew_in_redis)
+
+    def _renew_in_redis(self):
+        for cluster in self.redis_clusters:
+            hostcalls.redis_call(self.redis, redis_state.renew_command(
+                cluster, self.vm_id, self.config.lease_s * 1000))
 
     # --- per request ----------------------------------------------------------------------
 

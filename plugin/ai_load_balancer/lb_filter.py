@@ -42,7 +42,6 @@ class LoadBalancerStream(HttpContext):
         self.hash_body = b""          # consistent_hash by a body field: the raw body
         self.awaiting_body = False    # paused until the whole body is here
         self.awaiting_redis = False   # paused until Redis answers (or times out)
-        self.waiting_since_ms = None
         self.started_ns = 0
         self.pick = None
         self.pinned = ()              # the addresses pinned, in the order Envoy tries them
@@ -160,8 +159,7 @@ class LoadBalancerStream(HttpContext):
             self.lb.services.done(self.service, self._elapsed_ms(), self.status == "200")
             self.service = None
             return
-        self.awaiting_redis = False
-        self.lb.waiting.pop(self.context_id, None)
+        self.awaiting_redis = False  # a pick answered later is released at once
         if self.counted_in == "embedded":
             self.lb.inflight.release(self.pick.address, hostcalls.now_ns() // 1_000_000)
         elif self.counted_in == "redis":
@@ -307,14 +305,15 @@ class LoadBalancerStream(HttpContext):
             self._min_blocks(), self.lb.pick_script_cached)
         try:
             # Owned by the root: its answer arrives even if this stream is gone,
-            # so a count Redis made for it can always be released.
-            self.root.redis_call(self.lb.redis, command, self._on_redis_pick)
+            # so a count Redis made for it can always be released. The stream
+            # waits on it: whatever raises, the dispatcher resumes the stream.
+            self.root.redis_call(self.lb.redis, command, self._on_redis_pick, for_stream=self,
+                                 timeout_ms=self.cfg.redis.timeout_ms,
+                                 on_timeout=self._redis_timed_out)
         except Exception as exc:  # the host refused the call: Redis is not usable now
             self._redis_failed(f"redis call failed: {exc}")
             return self._decide_embedded()
         self.awaiting_redis = True
-        self.waiting_since_ms = hostcalls.now_ns() // 1_000_000
-        self.lb.waiting[self.context_id] = self
         return PAUSE
 
     def _on_redis_pick(self, status, reply):
@@ -327,7 +326,6 @@ class LoadBalancerStream(HttpContext):
             self.lb.pick_script_cached = False
             if self.awaiting_redis:  # nothing was counted: ask again, sending the script
                 self.awaiting_redis = False
-                self.lb.waiting.pop(self.context_id, None)
                 hostcalls.set_effective_context(self.context_id)
                 if self._ask_redis() == CONTINUE:
                     self.resume_request()
@@ -346,7 +344,6 @@ class LoadBalancerStream(HttpContext):
                 self._release_in_redis(pick.address)
             return
         self.awaiting_redis = False
-        self.lb.waiting.pop(self.context_id, None)
         hostcalls.set_effective_context(self.context_id)
         if pick == "limit":
             self.state = "redis"
@@ -362,11 +359,12 @@ class LoadBalancerStream(HttpContext):
         if action == CONTINUE:
             self.resume_request()
 
-    def redis_timed_out(self):
-        """From the root's tick: Redis did not answer within `timeout`."""
+    def _redis_timed_out(self):
+        """From a tick: Redis did not answer within `timeout` (a late pick is
+        released when it comes)."""
+        if not self.awaiting_redis:
+            return
         self.awaiting_redis = False
-        self.lb.waiting.pop(self.context_id, None)
-        hostcalls.set_effective_context(self.context_id)
         self._redis_failed(f"no reply within {self.cfg.redis.timeout_ms} ms")
         if self._decide_embedded() == CONTINUE:
             self.resume_request()

@@ -20,19 +20,33 @@ class Context:
     def __init__(self, context_id):
         self.context_id = context_id
 
-    def http_call(self, cluster, header_pairs, body, timeout_ms, on_response):
+    def http_call(self, cluster, header_pairs, body, timeout_ms, on_response, for_stream=None):
         """Starts an HTTP callout. `on_response(num_headers, body_size, num_trailers)`
-        later runs with this context effective. Returns the token."""
+        later runs with this context effective. `for_stream`: the HttpContext
+        paused until this answer (default: this context, if it is a stream);
+        should `on_response` raise, the dispatcher resumes it. Returns the token."""
         token = hostcalls.http_call(cluster, header_pairs, body, (), timeout_ms)
-        callouts.HTTP.expect(token, self, on_response)
+        callouts.HTTP.expect(token, callouts.Callout(self, on_response,
+                                                     self._waiting(for_stream)))
         return token
 
-    def redis_call(self, cluster, query, on_reply):
+    def redis_call(self, cluster, query, on_reply, for_stream=None, timeout_ms=None,
+                   on_timeout=None):
         """Sends RESP `query` (Higress only); `on_reply(status, reply_bytes)` runs
-        later with this context effective. Returns the token."""
+        later with this context effective. `for_stream` as for http_call. With
+        `timeout_ms`, `on_timeout()` runs once, from a tick, with the stream
+        effective, if no answer came by then (a late answer still reaches
+        `on_reply`). Whichever of them raises, the waiting stream is resumed.
+        Returns the token."""
         token = hostcalls.redis_call(cluster, query)
-        callouts.REDIS.expect(token, self, on_reply)
+        deadline = None if timeout_ms is None else hostcalls.now_ns() // 1_000_000 + timeout_ms
+        callouts.REDIS.expect(token, callouts.Callout(self, on_reply, self._waiting(for_stream),
+                                                      deadline, on_timeout))
         return token
+
+    def _waiting(self, for_stream):
+        return for_stream if for_stream is not None else (
+            self if isinstance(self, HttpContext) else None)
 
 
 class HttpContext(Context):

@@ -156,6 +156,11 @@ def _root_call(root_context_id, method, *args):
 
 
 def proxy_on_tick(root_context_id):
+    if callouts.HTTP or callouts.REDIS:
+        try:
+            _expire_callouts()
+        except BaseException as exc:
+            _report("expiring callouts", exc, "this tick")
     _root_call(root_context_id, "on_tick")
 
 
@@ -213,28 +218,59 @@ def proxy_on_response_trailers(context_id, num_trailers):
 # --- callout answers ----------------------------------------------------------------
 
 def _answer(pending, token, what, *args):
-    entry = pending.take(token)
-    if entry is None:
+    callout = pending.take(token)
+    if callout is None:
         return  # its context is gone, or the token is not ours
-    context, callback = entry
-    http = _https.get(context.context_id)
-    if http is not None and context.context_id in _failed:
-        return
+    caller = callout.context.context_id
+    if caller in _https and caller in _failed:
+        return  # a failed stream's own callouts: it was passed through already
+    _run_for(callout.stream, caller, what, callout.callback, *args)
+
+
+def _run_for(stream, effective_id, what, fn, *args):
+    """Runs fn(*args) with `effective_id` effective. On an exception, the stream
+    waiting on it (if any) fails open: resumed once, passed through from then on."""
     try:
-        hostcalls.set_effective_context(context.context_id)
-        callback(*args)
+        hostcalls.set_effective_context(effective_id)
+        fn(*args)
     except BaseException as exc:
-        _report(what, exc)
-        if http is not None:
-            _failed.add(context.context_id)
-            _resume_quietly(http)
+        _report(what, exc, "this stream" if stream is not None else "this event")
+        if stream is not None:
+            _fail_stream(stream)
 
 
-def _resume_quietly(http):
+def _fail_stream(http):
+    _failed.add(http.context_id)
     try:
+        hostcalls.set_effective_context(http.context_id)
         http.resume_request()
     except BaseException as exc:
         _report("resuming the request", exc)
+
+
+def _expire_callouts():
+    """Runs the timeout of every callout whose deadline passed; a stream waiting
+    on one without a timeout handler is resumed (its answer was lost)."""
+    now_ms = hostcalls.now_ns() // 1_000_000
+    for callout in callouts.REDIS.overdue(now_ms) + callouts.HTTP.overdue(now_ms):
+        stream = callout.stream
+        if callout.on_timeout is not None:
+            effective = stream if stream is not None else callout.context
+            _run_for(stream, effective.context_id, "callout timeout", callout.on_timeout)
+        elif stream is not None and stream.request_paused:
+            hostcalls.log(hostcalls.WARN, "no answer to a callout in time; the stream goes "
+                                          "on without the plugin")
+            _fail_stream(stream)
+
+
+def run_isolated(what, fn, *args):
+    """Runs fn(*args); an exception is logged with its traceback and goes no
+    further (the caller goes on with its next step). Any callback."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        _report(what, exc, "this step")
+        return None
 
 
 def proxy_on_http_call_response(context_id, token, num_headers, body_size, num_trailers):
