@@ -242,7 +242,8 @@ def read(path, field, value):
     if field.kind == "string":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)  # gjson .String() of a number is its text
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: must be a string, not {value!r}")
+        if not isinstance(value, str):  # a password's value is never echoed
+            shown = type(value).__name__ if field.name == "password" else repr(value)
+            raise ConfigError(f"{path}: must be a string, not {shown}")
         return check_range(path, field, value)
     return value  # structured kinds: config.py checks their shape
