@@ -95,14 +95,15 @@ def test_prefix_cache_keeps_each_conversation_on_its_kv_cache(vllm, module_envoy
 
 
 @contextmanager
-def long_generations(endpoint, count, prompt_words=800):
-    """`count` requests generating for a long time on one replica, sent directly
-    (not through the gateway) and not streamed, so that the replica's API server
-    has little to do meanwhile; closing their connections aborts them."""
+def long_generations(endpoint, count, prompt_words=300, max_tokens=3500):
+    """`count` requests generating for a long time on one replica (tens of
+    seconds on any CPU this runs on), sent directly (not through the gateway)
+    and not streamed, so that the replica's API server has little to do
+    meanwhile; closing their connections aborts them."""
     connections = []
     try:
         for i in range(count):
-            body = {"model": MODEL, "max_tokens": 2500, "ignore_eos": True,
+            body = {"model": MODEL, "max_tokens": max_tokens, "ignore_eos": True,
                     "messages": [{"role": "user",
                                   "content": client.words(prompt_words, seed=f"busy-{i}")}]}
             conn = http.client.HTTPConnection(*client.split(endpoint), timeout=60)
@@ -119,15 +120,29 @@ def long_generations(endpoint, count, prompt_words=800):
             conn.close()
 
 
+def load(endpoints):
+    """{endpoint: (running, KV-cache usage)} as the replicas report them now."""
+    found = {}
+    for e in endpoints:
+        text = client.metrics(e)
+        found[e] = (client.metric_value(text, RUNNING), client.metric_value(text, KV_USAGE))
+    return found
+
+
 def test_least_busy_routes_by_the_metrics_vllm_serves(vllm, module_envoys, production_wasm):
     gateway = plugin_envoy(module_envoys, vllm.endpoints, production_wasm, "least_busy",
                            metricsCluster="backend", scrapeInterval=200, scrapeTimeout=3000)
     busy, idle = vllm.endpoints
+    seen = []
     with long_generations(busy, 2):
-        usage = {e: client.metric_value(client.metrics(e), KV_USAGE) for e in vllm.endpoints}
-        assert usage[busy] > usage[idle], usage
+        before = load(vllm.endpoints)
+        assert before[busy][1] > before[idle][1], before
         time.sleep(1.5)  # a few scrapes
-        decisions = [chat(gateway, [{"role": "user", "content": f"question {i}"}],
-                          max_tokens=4)[2] for i in range(8)]
-    assert [d["address"] for d in decisions] == [idle] * 8, decisions
-    assert {d["reason"] for d in decisions} == {"least_busy_default"}, decisions
+        for i in range(8):
+            decision = chat(gateway, [{"role": "user", "content": f"question {i}"}],
+                            max_tokens=4)[2]
+            seen.append((decision["address"], decision["reason"], load(vllm.endpoints)))
+        # The premise: the busy replica was busy through every decision.
+        assert load(vllm.endpoints)[busy][0] == 2, ("the long generations ended early", seen)
+    assert [address for address, _, _ in seen] == [idle] * 8, (busy, idle, seen)
+    assert {reason for _, reason, _ in seen} == {"least_busy_default"}, seen
