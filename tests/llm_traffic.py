@@ -91,8 +91,8 @@ def embedded_inflight(host):
     for key, value in host.shared.data().items():
         key = key.decode() if isinstance(key, bytes) else key
         if key.startswith("ailb:inflight:"):
-            for _, per_vm in json.loads(value).values():
-                for address, n in per_vm.items():
+            for entry in json.loads(value).values():
+                for address, n in entry["counts"].items():
                     counts[address] = counts.get(address, 0) + n
     return counts
 

@@ -64,3 +64,20 @@ def test_a_timeout_handler_that_raises_resumes_the_stream_and_the_tick_goes_on(
     finish(host, cid)
     host.run_callouts()
     assert redis_inflight(redis_server) == {}
+
+
+def test_a_release_the_host_refuses_is_sent_again_on_the_next_tick(make_host, redis_server):
+    clear_redis(redis_server)
+    host = start(make_host, "global_least_request", target="higress",
+                 redis_server=redis_server)
+    cid, _ = send(host)
+    host.run_callouts()
+    assert sum(redis_inflight(redis_server).values()) == 1
+    host.unimplemented.add("proxy_redis_call")  # the host refuses Redis calls for a while
+    finish(host, cid)
+    host.run_callouts()
+    assert sum(redis_inflight(redis_server).values()) == 1  # not sent...
+    host.unimplemented.discard("proxy_redis_call")
+    host.tick()
+    host.run_callouts()
+    assert redis_inflight(redis_server) == {}  # ...but not lost

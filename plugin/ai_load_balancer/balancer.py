@@ -33,6 +33,7 @@ class Balancer:
         self.vm_id = root.vm_id
         self.limiter = root.limiter
         self.redis_clusters = set()   # clusters this VM counted requests in (lease renewal)
+        self.unreleased = []          # (cluster, address): Redis releases the host refused
         self.redis = None             # the Redis cluster, once redis_init succeeded
         self.wants_redis = False      # configured with Redis (and the host has it)
         self.pick_script_cached = False  # Redis answered the pick script: EVALSHA from now
@@ -46,7 +47,7 @@ class Balancer:
         # State keys differ per configuration and agree across the VMs of a process.
         state_id = hashlib.blake2b(f"{name}\0{config!r}".encode(), digest_size=6).hexdigest()
         self.inflight = EmbeddedInflight(f"ailb:inflight:{state_id}", self.vm_id,
-                                         config.lease_s * 1000)
+                                         config.lease_s * 1000, self.limiter)
         self.prefix_index = EmbeddedPrefixIndex(state_id, config.index_capacity,
                                                 config.key_ttl_s)
         self.health = Health(config.health, f"ailb:health:{state_id}", self.vm_id)
@@ -128,6 +129,21 @@ class Balancer:
         for cluster in self.redis_clusters:
             hostcalls.redis_call(self.redis, redis_state.renew_command(
                 cluster, self.vm_id, self.config.lease_s * 1000))
+        waiting, self.unreleased = self.unreleased, []
+        for cluster, address in waiting:
+            self.release_in_redis(cluster, address)
+
+    def release_in_redis(self, cluster, address):
+        """Uncounts one request of this VM in Redis. A call the host refuses
+        (it was not sent) is kept and sent again on the next tick: a release is
+        never lost. Returns False when it was refused."""
+        try:
+            hostcalls.redis_call(self.redis, redis_state.release_command(
+                cluster, self.vm_id, address, self.config.lease_s * 1000))
+            return True
+        except Exception:
+            self.unreleased.append((cluster, address))
+            return False
 
     # --- per request ----------------------------------------------------------------------
 

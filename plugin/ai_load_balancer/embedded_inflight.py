@@ -1,102 +1,93 @@
 """In-flight requests per replica, shared by every worker VM of one Envoy process.
 
-One shared-data key per plugin configuration holds, per VM, its counts and a
-lease: {vm_id: [lease_expiry_ms, {address: count}]}. Taking a replica reads
-every live VM's counts, picks, and counts the pick in one compare-and-swap, so
-two workers never both see a replica as idle. A VM that dies (its VM trapped
-and was replaced) stops renewing its lease, and its counts stop counting.
+One shared record per plugin configuration holds, per VM, its counts and a
+lease: {vm_id: {"until": lease_expiry_ms, "counts": {address: count}}}. Taking
+a replica reads every live VM's counts, picks, and counts the pick in one
+compare-and-swap, so two workers never both see a replica as idle. A VM that
+dies (its VM trapped and was replaced) stops renewing its lease, and its counts
+stop counting. A release that loses its compare-and-swap race is kept and
+written with this VM's next change (a pick, a release, the tick's renewal).
 """
 
-import json
-
-from proxywasm import hostcalls
-from proxywasm.abi import CasMismatch
-
-CAS_TRIES = 32
-
-
-class Contention(RuntimeError):
-    """Other workers kept winning the compare-and-swap."""
+from .shared_record import GaveUp, SharedRecord
 
 
 class EmbeddedInflight:
-    def __init__(self, key, vm_id, lease_ms):
-        self.key = key
+    def __init__(self, key, vm_id, lease_ms, limiter):
+        self.record = SharedRecord(key, limiter)
         self.vm_id = vm_id
         self.lease_ms = lease_ms
+        self._unreleased = {}  # address -> releases not written yet
 
     def create(self):
-        """Creates the key if missing. On configure, before any stream counts."""
-        value, _ = hostcalls.get_shared_data(self.key)
-        if value is None:
-            hostcalls.set_shared_data(self.key, b"{}")
+        """Creates the record if missing. On configure, before any stream counts."""
+        self.record.create()
 
     def take(self, choose, now_ms):
         """choose(inflight: {address: count}) -> a Pick or None. The pick's address
-        is counted for this VM in the same atomic step. Returns the pick."""
-        for _ in range(CAS_TRIES):
-            table, cas = self._read(now_ms)
-            pick = choose(_total(table))
-            if pick is None:
-                return None
-            mine = table.setdefault(self.vm_id, [0, {}])
-            mine[0] = now_ms + self.lease_ms
-            mine[1][pick.address] = mine[1].get(pick.address, 0) + 1
-            if self._write(table, cas):
-                return pick
-        raise Contention(f"{self.key}: {CAS_TRIES} compare-and-swap attempts lost")
+        is counted for this VM in the same atomic step. Returns the pick; raises
+        GaveUp when the compare-and-swap gave up (nothing counted)."""
+        def change(table):
+            mine = self._mine(table, now_ms)
+            pick = choose(_total(table, now_ms, self.vm_id))
+            if pick is not None:
+                mine["counts"][pick.address] = mine["counts"].get(pick.address, 0) + 1
+            return pick
+
+        pick = self.record.update(change, "this request goes to the service's own load "
+                                          "balancing")
+        self._unreleased.clear()  # written with the pick
+        return pick
 
     def release(self, address, now_ms):
-        """Uncounts one request of this VM to `address`; never below zero."""
-        for _ in range(CAS_TRIES):
-            table, cas = self._read(now_ms)
-            mine = table.get(self.vm_id)
-            if mine is None or mine[1].get(address, 0) <= 0:
-                return
-            mine[0] = now_ms + self.lease_ms
-            mine[1][address] -= 1
-            if mine[1][address] == 0:
-                del mine[1][address]
-            if self._write(table, cas):
-                return
-        raise Contention(f"{self.key}: {CAS_TRIES} compare-and-swap attempts lost")
+        """Uncounts one request of this VM to `address`; never below zero, never
+        lost (kept until written). Never raises GaveUp."""
+        self._unreleased[address] = self._unreleased.get(address, 0) + 1
+        self._write_pending(now_ms, "the release is written with this worker's next change")
 
     def renew(self, now_ms):
-        """Renews this VM's lease (from the root's tick); drops expired VMs."""
-        for _ in range(CAS_TRIES):
-            table, cas = self._read(now_ms)
-            mine = table.get(self.vm_id)
-            if mine is None:
-                return
-            if not mine[1]:
+        """Renews this VM's lease and writes releases still pending (from the
+        root's tick); drops this VM's entry once it counts nothing."""
+        self._write_pending(now_ms, "retried on the next tick")
+
+    def _write_pending(self, now_ms, if_lost):
+        def change(table):
+            mine = self._mine(table, now_ms)
+            if not mine["counts"]:
                 del table[self.vm_id]
+
+        try:
+            self.record.update(change, if_lost)
+        except GaveUp:
+            return
+        self._unreleased.clear()
+
+    def _mine(self, table, now_ms):
+        """This VM's entry in `table`, its lease renewed and its pending releases
+        applied; expired VMs are dropped."""
+        for vm in [vm for vm, entry in table.items()
+                   if entry["until"] <= now_ms and vm != self.vm_id]:
+            del table[vm]
+        mine = table.setdefault(self.vm_id, {"until": 0, "counts": {}})
+        mine["until"] = now_ms + self.lease_ms
+        counts = mine["counts"]
+        for address, n in self._unreleased.items():
+            left = counts.get(address, 0) - n
+            if left > 0:
+                counts[address] = left
             else:
-                mine[0] = now_ms + self.lease_ms
-            if self._write(table, cas):
-                return
+                counts.pop(address, None)
+        return mine
 
     def counts(self, now_ms):
         """{address: in-flight} over every live VM (for logs and tests)."""
-        return _total(self._read(now_ms)[0])
-
-    def _read(self, now_ms):
-        raw, cas = hostcalls.get_shared_data(self.key)
-        table = json.loads(raw) if raw else {}
-        live = {vm: entry for vm, entry in table.items()
-                if entry[0] > now_ms or vm == self.vm_id}
-        return live, cas
-
-    def _write(self, table, cas):
-        try:
-            hostcalls.set_shared_data(self.key, json.dumps(table, separators=(",", ":")), cas)
-            return True
-        except CasMismatch:
-            return False
+        return _total(self.record.read()[0], now_ms, self.vm_id)
 
 
-def _total(table):
+def _total(table, now_ms, vm_id):
     total = {}
-    for _, counts in table.values():
-        for address, count in counts.items():
-            total[address] = total.get(address, 0) + count
+    for vm, entry in table.items():
+        if entry["until"] > now_ms or vm == vm_id:
+            for address, count in entry["counts"].items():
+                total[address] = total.get(address, 0) + count
     return total

@@ -9,23 +9,33 @@ row take a replica out, `healthy_threshold` good ones bring it back. Passive:
 doubles on each repeat offence (base .. max); it rejoins through the active
 check once the back-off is over (or by itself when active checks are off).
 
-Shared table (one CAS key per configuration):
-    {"ip:port": [state, probe_failures, probe_successes, passive_errors,
-                 ejected_until_ms, ejections]}
+Shared table (one shared record per configuration), {"ip:port": entry}:
+    state            healthy | degraded | unhealthy
+    probe_failures   failed probes in a row
+    probe_successes  good probes in a row
+    errors           failed requests in a row (passive)
+    ejected_until    ms: end of the passive ejection's back-off
+    ejections        repeat offences (each doubles the back-off)
+A change that loses its compare-and-swap race is kept, in order, and applied
+again on the next tick: no transition is lost.
 """
 
 import json
 
 from proxywasm import hostcalls
-from proxywasm.abi import CasMismatch
 
 from . import stats
 from .leader_lease import LeaderLease
 from .log_limiter import LogLimiter
+from .shared_record import GaveUp, SharedRecord
 
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
 OVERRIDE_HEADER = "x-gateway-destination-endpoint"
-CAS_TRIES = 16
+
+
+def new_entry():
+    return {"state": HEALTHY, "probe_failures": 0, "probe_successes": 0, "errors": 0,
+            "ejected_until": 0, "ejections": 0}
 
 
 class Health:
@@ -34,9 +44,11 @@ class Health:
         self.key = key
         self.lease = LeaderLease(key + ":lease", vm_id, 3 * config.interval_ms)
         self.limiter = LogLimiter()
+        self.record = SharedRecord(key, self.limiter)
         self.cluster = ""
         self._next_due_ms = 0
         self._in_flight = set()
+        self._unwritten = []  # (address, change) that gave up, to apply again
         self._cas, self._table = None, {}
 
     # --- reading: any VM, per request ----------------------------------------------------
@@ -55,8 +67,8 @@ class Health:
         healthy, degraded = [], []
         for address in addresses:
             entry = table.get(address)
-            state = entry[0] if entry else HEALTHY
-            if state == UNHEALTHY and not self.cfg.active and entry[4] <= now_ms:
+            state = entry["state"] if entry else HEALTHY
+            if state == UNHEALTHY and not self.cfg.active and entry["ejected_until"] <= now_ms:
                 state = HEALTHY  # ejection over, and no probe to wait for
             (healthy if state == HEALTHY else degraded if state == DEGRADED else []).append(address)
         if healthy:
@@ -68,36 +80,41 @@ class Health:
     def observe(self, address, failed, now_ms):
         """A real request to `address` failed (5xx, connect failure) or succeeded."""
         entry = self.table().get(address)
-        if not failed and (entry is None or (entry[3] == 0 and not self._forgives(entry, now_ms)
+        if not failed and (entry is None or (entry["errors"] == 0
+                                             and not self._forgives(entry, now_ms)
                                              and not self._rejoins(entry, now_ms))):
             return  # nothing to reset: no write on the common path
         self._update(address, lambda e: self._passive(address, e, failed, now_ms))
 
     def _rejoins(self, e, now_ms):
         """An ejected replica whose back-off is over, with no probe to bring it back."""
-        return e is not None and e[0] == UNHEALTHY and not self.cfg.active and e[4] <= now_ms
+        return e is not None and e["state"] == UNHEALTHY and not self.cfg.active \
+            and e["ejected_until"] <= now_ms
 
     def _forgives(self, e, now_ms):
         """Serving well for maxEjectionTime after its last ejection ended halves
         a replica's next back-off (one offence forgiven)."""
-        return e[5] > 0 and e[0] != UNHEALTHY and now_ms - e[4] > self.cfg.max_ejection_ms
+        return e["ejections"] > 0 and e["state"] != UNHEALTHY \
+            and now_ms - e["ejected_until"] > self.cfg.max_ejection_ms
 
     def _passive(self, address, e, failed, now_ms):
         why = None
         if self._rejoins(e, now_ms):
-            e[0], e[3] = HEALTHY, 0
+            e["state"], e["errors"] = HEALTHY, 0
             why = "ejection over"
         if not failed:
-            e[3] = 0
+            e["errors"] = 0
             if self._forgives(e, now_ms):
-                e[5] -= 1
-                e[4] = now_ms  # the next forgiveness is one more maxEjectionTime away
+                e["ejections"] -= 1
+                e["ejected_until"] = now_ms  # the next forgiveness: one more maxEjectionTime
             return why
-        e[3] += 1
-        if e[3] >= self.cfg.consecutive_errors and e[0] != UNHEALTHY:
-            e[5] += 1
-            backoff = min(self.cfg.base_ejection_ms * 2 ** (e[5] - 1), self.cfg.max_ejection_ms)
-            e[0], e[4], e[3], e[2] = UNHEALTHY, now_ms + backoff, 0, 0
+        e["errors"] += 1
+        if e["errors"] >= self.cfg.consecutive_errors and e["state"] != UNHEALTHY:
+            e["ejections"] += 1
+            backoff = min(self.cfg.base_ejection_ms * 2 ** (e["ejections"] - 1),
+                          self.cfg.max_ejection_ms)
+            e.update(state=UNHEALTHY, ejected_until=now_ms + backoff, errors=0,
+                     probe_successes=0)
             return (f"{self.cfg.consecutive_errors} failed requests in a row; "
                     f"ejected for {backoff} ms")
         return why
@@ -105,7 +122,9 @@ class Health:
     # --- active: the elected VM, from the root's tick ----------------------------------------
 
     def tick(self, root, endpoints, now_ms):
-        """Probes every replica when due. Only the lease holder does. Never raises."""
+        """Applies changes that gave up earlier; probes every replica when due.
+        Only the lease holder probes."""
+        self._write_unwritten()
         if not self.cfg.active or not self.cluster or not self.lease.hold(now_ms):
             return
         if now_ms < self._next_due_ms:
@@ -141,43 +160,59 @@ class Health:
 
     def _active(self, address, e, ok, degraded, now_ms):
         if not ok:
-            e[1], e[2] = e[1] + 1, 0
-            if e[0] != UNHEALTHY and e[1] >= self.cfg.unhealthy_threshold:
-                e[0] = UNHEALTHY
-                return f"{e[1]} failed health checks in a row"
+            e["probe_failures"], e["probe_successes"] = e["probe_failures"] + 1, 0
+            if e["state"] != UNHEALTHY and e["probe_failures"] >= self.cfg.unhealthy_threshold:
+                e["state"] = UNHEALTHY
+                return f"{e['probe_failures']} failed health checks in a row"
             return None
-        e[1], e[2] = 0, e[2] + 1
+        e["probe_failures"], e["probe_successes"] = 0, e["probe_successes"] + 1
         wanted = DEGRADED if degraded else HEALTHY
-        if e[0] == UNHEALTHY and (e[2] < self.cfg.healthy_threshold or now_ms < e[4]):
+        if e["state"] == UNHEALTHY and (e["probe_successes"] < self.cfg.healthy_threshold
+                                        or now_ms < e["ejected_until"]):
             return None  # not back yet
-        if e[0] == wanted:
+        if e["state"] == wanted:
             return None
-        e[0] = wanted
+        e["state"] = wanted
         return "health checks pass" if wanted == HEALTHY else "health check says it is overloaded"
 
     # --- the shared table ---------------------------------------------------------------------
 
     def create(self):
         """Creates the shared table if missing. On configure, before any stream."""
-        if hostcalls.get_shared_data(self.key)[0] is None:
-            hostcalls.set_shared_data(self.key, b"{}")
+        self.record.create()
 
     def _update(self, address, change):
-        """Applies change(entry) -> why-text of a state change, or None, under a
-        compare-and-swap; a state change is logged once it is written."""
-        for _ in range(CAS_TRIES):
-            raw, cas = hostcalls.get_shared_data(self.key)
-            table = json.loads(raw) if raw else {}
-            entry = table.setdefault(address, [HEALTHY, 0, 0, 0, 0, 0])
-            why = change(entry)
-            try:
-                hostcalls.set_shared_data(self.key, json.dumps(table, separators=(",", ":")),
-                                          cas)
-            except CasMismatch:
-                continue
-            if why:
-                state = entry[0]
-                hostcalls.log(hostcalls.INFO if state == HEALTHY else hostcalls.WARN,
-                              f"ai-load-balancer: endpoint {address} is {state}: {why}")
-                stats.count(f"ailb.health.{stats.label(address)}.{state}")
+        """Applies change(entry) -> why-text of a state change, or None, to the
+        shared table; a state change is logged once it is written. One that gives
+        up is kept and applied again on the next tick."""
+        if self._unwritten:  # keep the order: after those still waiting
+            self._unwritten.append((address, change))
             return
+        self._write(address, change)
+
+    def _write(self, address, change):
+        try:
+            why, entry = self.record.update(
+                lambda table: _apply(table, address, change),
+                "the health change is applied again on the next tick")
+        except GaveUp:
+            self._unwritten.append((address, change))
+            return False
+        if why:
+            state = entry["state"]
+            hostcalls.log(hostcalls.INFO if state == HEALTHY else hostcalls.WARN,
+                          f"ai-load-balancer: endpoint {address} is {state}: {why}")
+            stats.count(f"ailb.health.{stats.label(address)}.{state}")
+        return True
+
+    def _write_unwritten(self):
+        waiting, self._unwritten = self._unwritten, []
+        for i, (address, change) in enumerate(waiting):
+            if not self._write(address, change):
+                self._unwritten.extend(waiting[i + 1:])
+                return
+
+
+def _apply(table, address, change):
+    entry = table.setdefault(address, new_entry())
+    return change(entry), entry

@@ -18,10 +18,10 @@ from proxywasm import CONTINUE, PAUSE, HttpContext, hostcalls, resp
 from . import (endpoint_override, endpoints, llm_request, picking, prefix_hash, redis_state,
                simple_policies, stats)
 from .consistent_hash import bounded_pick
-from .embedded_inflight import Contention
 from .health import DEGRADED
 from .least_busy import NoMetrics
 from .scheduling import Shed
+from .shared_record import GaveUp
 
 DECISION_HEADER = "x-ailb-decision"
 LIMIT_MESSAGE = "every replica has maxRequestCount requests in flight"
@@ -232,9 +232,8 @@ class LoadBalancerStream(HttpContext):
             pick = self.lb.inflight.take(choose, now_ns // 1_000_000)
         except redis_state.LimitReached:
             return self._reject(429, LIMIT_MESSAGE, "rate_limit_exceeded")
-        except Contention as exc:
+        except GaveUp:  # counted and logged by the shared record
             stats.count("ailb.fallbacks.contention")
-            self.lb.limiter.log(hostcalls.WARN, "contention", str(exc))
             return CONTINUE
         self.counted_in = "embedded"
         if self.hashes:
@@ -280,9 +279,8 @@ class LoadBalancerStream(HttpContext):
         except Shed:
             return self._reject(429, "no replica has capacity for this sheddable request",
                                 "rate_limit_exceeded")
-        except Contention as exc:
+        except GaveUp:  # counted and logged by the shared record
             stats.count("ailb.fallbacks.contention")
-            self.lb.limiter.log(hostcalls.WARN, "contention", str(exc))
             return CONTINUE
         self.counted_in = "embedded"
         self.state = "metrics"
@@ -375,11 +373,8 @@ class LoadBalancerStream(HttpContext):
                               f"deciding on the gateway's own state")
 
     def _release_in_redis(self, address):
-        try:
-            hostcalls.redis_call(self.lb.redis, redis_state.release_command(
-                self.cluster, self.lb.vm_id, address, self.cfg.lease_s * 1000))
-        except Exception as exc:
-            self._redis_failed(f"release failed: {exc}")
+        if not self.lb.release_in_redis(self.cluster, address):
+            self._redis_failed("release refused; sent again on the next tick")
 
     # --- applying -----------------------------------------------------------------
 

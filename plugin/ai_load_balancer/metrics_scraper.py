@@ -19,8 +19,9 @@ compare-and-swap; what another VM wrote meanwhile is merged, the newer entry
 per replica winning. One write per round, not per replica, so readers decode
 the table once per round:
 
-    {"ip:port": [metrics (replica_metrics.to_json) or null,
-                 consecutive failures, time of the last failure in ms], ...}
+    {"ip:port": {"metrics": replica_metrics.to_json(...) or null,
+                 "failures": consecutive failures,
+                 "failed_at": time of the last failure in ms}, ...}
 
 A failed scrape (non-200 -- Envoy answers an unreachable or silent replica
 with its own 503/504 -- no answer, an unparsable body) keeps the last good
@@ -36,17 +37,29 @@ in proxy_get_upstream_hosts' host info: from_upstream_hosts() reads it.
 """
 
 import json
+from dataclasses import dataclass
 
 from proxywasm import hostcalls
-from proxywasm.abi import CasMismatch
 
 from . import replica_metrics, stats
 from .leader_lease import LeaderLease
 from .log_limiter import LogLimiter
+from .shared_record import GaveUp, SharedRecord
 
-CAS_TRIES = 16
 OVERRIDE_HEADER = "x-gateway-destination-endpoint"
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a larger /metrics body is not parsed (a failure)
+
+
+@dataclass(slots=True)
+class Entry:
+    """What is known of one replica: its last good metrics, and its failures."""
+    metrics: object      # ReplicaMetrics | None
+    failures: int        # consecutive failed scrapes
+    failed_at: int       # ms of the last failure (0: none)
+
+    def newest_ms(self):
+        return max(self.metrics.scraped_at_ms if self.metrics is not None else 0,
+                   self.failed_at)
 
 
 class MetricsScraper:
@@ -68,8 +81,9 @@ class MetricsScraper:
         self.limiter = LogLimiter()
         self.leader = False
         # Scraping VM: its view of the shared table and what it last wrote.
-        self._entries = {}      # address -> [ReplicaMetrics | None, failures, failed_at_ms]
-        self._fragments = {}    # address -> '"address":[...]' (JSON of one entry)
+        self._record = SharedRecord(key, self.limiter)
+        self._entries = {}      # address -> Entry
+        self._fragments = {}    # address -> '"address":{...}' (JSON of one entry)
         self._written = None    # the bytes this VM last wrote under `key`
         self._dirty = False     # _entries has changes not written yet
         self._endpoints = None  # the endpoint set of the last tick (pruning)
@@ -185,48 +199,45 @@ class MetricsScraper:
             self._record_failure(address, "no known metrics in the body", now_ms)
             return
         entry = self._entries.get(address)
-        if entry is not None and entry[1]:
+        if entry is not None and entry.failures:
             self._log(hostcalls.INFO, "recovered " + address, f"metrics scraper: {address} "
                                                                f"answers again")
-        self._set_entry(address, [metrics, 0, entry[2] if entry is not None else 0])
+        self._set_entry(address, Entry(metrics, 0, entry.failed_at if entry is not None else 0))
 
     def _record_failure(self, address, why, now_ms):
         stats.count("ailb.scrape.failures")
         entry = self._entries.get(address)
-        metrics, failures = (entry[0], entry[1]) if entry is not None else (None, 0)
+        metrics, failures = (entry.metrics, entry.failures) if entry is not None else (None, 0)
         self._log(hostcalls.WARN, "scrape " + address,
                   f"metrics scraper: scraping {address}{self.path} failed ({why}); "
                   f"it is left out of metrics-based picks until a scrape succeeds")
-        self._set_entry(address, [metrics, failures + 1, now_ms])
+        self._set_entry(address, Entry(metrics, failures + 1, now_ms))
 
     # --- the shared table -------------------------------------------------------------
 
     def _flush(self):
-        """Writes this VM's table, merging what another VM wrote meanwhile."""
-        for _ in range(CAS_TRIES):
-            raw, cas = hostcalls.get_shared_data(self.key)
+        """Writes this VM's table, merging what another VM wrote meanwhile; one
+        that gives up stays dirty and is written on the next tick."""
+        def change(raw):
             if raw is not None and raw != self._written:
                 self._merge(raw)
             encoded = ("{" + ",".join(self._fragments.values()) + "}").encode()
-            if encoded != raw:
-                try:
-                    hostcalls.set_shared_data(self.key, encoded, cas)
-                except CasMismatch:
-                    continue
-            self._written = encoded
-            self._dirty = False
+            return encoded, encoded
+
+        try:
+            self._written = self._record.update_raw(change, "written on the next tick")
+        except GaveUp:
             return
-        self._log(hostcalls.WARN, "contention", f"metrics scraper: {CAS_TRIES} "
-                                                f"compare-and-swap attempts on {self.key} lost")
+        self._dirty = False
 
     def _set_entry(self, address, entry):
         if self._endpoints is not None and address not in self._endpoints:
             return  # the replica left the endpoint set
         self._entries[address] = entry
         self._dirty = True
-        metrics = entry[0]
-        encoded = [None if metrics is None else replica_metrics.to_json(metrics), entry[1],
-                   entry[2]]
+        metrics = entry.metrics
+        encoded = {"metrics": None if metrics is None else replica_metrics.to_json(metrics),
+                   "failures": entry.failures, "failed_at": entry.failed_at}
         self._fragments[address] = (f"{json.dumps(address)}:"
                                     f"{json.dumps(encoded, separators=(',', ':'))}")
 
@@ -234,7 +245,7 @@ class MetricsScraper:
         """Adopts the entries of another VM's write that are newer than ours."""
         for address, entry in _decode(raw).items():
             mine = self._entries.get(address)
-            if mine is None or _newest_ms(entry) > _newest_ms(mine):
+            if mine is None or entry.newest_ms() > mine.newest_ms():
                 self._set_entry(address, entry)
 
     # --- the reading side: any VM, per request -------------------------------------------
@@ -250,8 +261,8 @@ class MetricsScraper:
             return {}
         if cas != self._snap_cas or raw is None:
             self._snap_cas = cas
-            self._usable = {address: entry[0] for address, entry in _decode(raw).items()
-                            if entry[0] is not None and entry[1] == 0}
+            self._usable = {address: entry.metrics for address, entry in _decode(raw).items()
+                            if entry.metrics is not None and entry.failures == 0}
             self._fresh_from = None
         if self._fresh_from is None or not self._fresh_from <= now_ms < self._fresh_until:
             self._refresh(now_ms)
@@ -274,7 +285,7 @@ class MetricsScraper:
         """{address: (ReplicaMetrics | None, consecutive failures, last failure ms)}
         as shared now, fresh or not (for logs, debug headers and tests)."""
         raw, _ = hostcalls.get_shared_data(self.key)
-        return {a: tuple(e) for a, e in _decode(raw).items()}
+        return {a: (e.metrics, e.failures, e.failed_at) for a, e in _decode(raw).items()}
 
     # --- Higress: the host scrapes -------------------------------------------------------
 
@@ -333,8 +344,8 @@ class MetricsScraper:
 
 
 def _decode(raw):
-    """{address: [ReplicaMetrics | None, failures, failed_at_ms]} of a shared
-    table; entries that do not decode are dropped, a broken table is empty."""
+    """{address: Entry} of a shared table; entries that do not decode are
+    dropped, a broken table is empty."""
     if not raw:
         return {}
     try:
@@ -346,10 +357,10 @@ def _decode(raw):
     entries = {}
     for address, entry in table.items():
         try:
-            encoded, failures, failed_at = entry
+            encoded = entry["metrics"]
             metrics = None if encoded is None else replica_metrics.from_json(encoded)
-            entries[address] = [metrics, int(failures), int(failed_at)]
-        except (TypeError, ValueError):
+            entries[address] = Entry(metrics, int(entry["failures"]), int(entry["failed_at"]))
+        except (TypeError, ValueError, KeyError):
             continue
     return entries
 
@@ -359,7 +370,3 @@ def _restamp(m, now_ms):
         m.waiting, m.running, m.kv_cache_usage, m.active_adapters, m.waiting_adapters,
         m.max_adapters, int(now_ms), m.extra)
 
-
-def _newest_ms(entry):
-    metrics = entry[0]
-    return max(metrics.scraped_at_ms if metrics is not None else 0, entry[2])

@@ -29,6 +29,7 @@ class SharedStore:
         self._queue_ids = {}  # (vm_id, name) -> queue id
         self._next_queue = 1
         self.metrics = {}     # name -> Metric, process-wide like Envoy's stats
+        self._races_lost = {}  # key prefix -> compare-and-swap writes still to lose
 
     # --- shared data ---------------------------------------------------------
 
@@ -43,10 +44,24 @@ class SharedStore:
     def set(self, vm_id, key, value, cas):
         with self._lock:
             entry = self._data.get((vm_id, key))
-            if entry is not None and cas and cas != entry[1]:
+            if entry is not None and cas and (cas != entry[1] or self._loses_race(key)):
                 return abi_table.CAS_MISMATCH
             self._data[(vm_id, key)] = (bytes(value), self._cas())
         return abi_table.OK
+
+    def lose_cas_races(self, key_prefix, count):
+        """The next `count` compare-and-swap writes to keys starting with
+        `key_prefix` answer CasMismatch, as if another worker won each race."""
+        with self._lock:
+            self._races_lost[key_prefix] = count
+
+    def _loses_race(self, key):
+        key = key.decode() if isinstance(key, bytes) else key
+        for prefix, left in self._races_lost.items():
+            if left > 0 and key.startswith(prefix):
+                self._races_lost[prefix] = left - 1
+                return True
+        return False
 
     def _cas(self):
         cas = self._next_cas

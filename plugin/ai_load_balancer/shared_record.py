@@ -1,0 +1,70 @@
+"""A JSON document under one shared-data key, read by every VM of an Envoy
+process and changed under compare-and-swap. Every shared change the plugin
+makes goes through update(), so they all follow one give-up rule:
+
+  TRIES lost compare-and-swaps in a row and update() gives up: the give-up is
+  counted (ailb.shared.gave_up) and logged (rate-limited), and GaveUp is raised.
+  The caller then decides what a lost change means: a pick is not made (the
+  request fails open); a change that must land (a release, a renewal, a health
+  transition) is kept and applied again on the next tick until it lands.
+"""
+
+import json
+
+from proxywasm import hostcalls
+from proxywasm.abi import CasMismatch
+
+from . import stats
+
+TRIES = 16
+
+
+class GaveUp(RuntimeError):
+    """Other VMs kept winning the compare-and-swap: the change was not written."""
+
+
+class SharedRecord:
+    def __init__(self, key, limiter):
+        self.key = key
+        self.limiter = limiter
+
+    def create(self):
+        """Creates the key (an empty object) if missing. On configure."""
+        if hostcalls.get_shared_data(self.key)[0] is None:
+            hostcalls.set_shared_data(self.key, b"{}")
+
+    def read(self):
+        """(document, cas): the decoded value ({} when missing), and its version."""
+        raw, cas = hostcalls.get_shared_data(self.key)
+        return (json.loads(raw) if raw else {}), cas
+
+    def update(self, change, if_lost):
+        """change(document) -> result, where `document` is a fresh decoded copy
+        that change edits in place; it is written back (if it changed) under
+        compare-and-swap, retried on a lost race. Returns change's result, or
+        raises GaveUp (or what change raised: nothing is written then).
+        `if_lost`: what happens to the change if it gives up, for the log."""
+        def on_raw(raw):
+            document = json.loads(raw) if raw else {}
+            result = change(document)
+            return json.dumps(document, separators=(",", ":")).encode(), result
+        return self.update_raw(on_raw, if_lost)
+
+    def update_raw(self, change, if_lost):
+        """update() for a caller that encodes itself: change(raw bytes | None)
+        -> (bytes to write, result)."""
+        for _ in range(TRIES):
+            raw, cas = hostcalls.get_shared_data(self.key)
+            encoded, result = change(raw)
+            if raw is not None and encoded == bytes(raw):
+                return result
+            try:
+                hostcalls.set_shared_data(self.key, encoded, cas)
+                return result
+            except CasMismatch:
+                continue
+        stats.count("ailb.shared.gave_up")
+        self.limiter.log(hostcalls.WARN, "gave up " + self.key,
+                         f"ai-load-balancer: {TRIES} compare-and-swap attempts on {self.key} "
+                         f"lost to other workers; {if_lost}")
+        raise GaveUp(self.key)
