@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .cluster_metrics import parse_services
 from .config_fields import (ALIASES, BY_NAME, CLUSTER_POLICIES, HEALTH_BY_NAME, LB_TYPES,
-                            ConfigError, Field, read)
+                            ConfigError, Field, as_number, read)
 from .scheduling import DEFAULT_WEIGHTS, SCORERS
 
 __all__ = ["ConfigError", "LBConfig", "parse_doc"]
@@ -98,11 +98,13 @@ def parse_doc(doc, path=""):
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}configuration must be a JSON object")
     lb_type = doc.get("lb_type") or "endpoint"
-    if lb_type not in LB_TYPES:
+    if not isinstance(lb_type, str) or lb_type not in LB_TYPES:
         raise ConfigError(f"{path}lb_type: {lb_type!r} is not one of {', '.join(LB_TYPES)}")
     policy = doc.get("lb_policy")
     if not policy:
         raise ConfigError(f"{path}lb_policy: required (one of {', '.join(LB_TYPES[lb_type])})")
+    if not isinstance(policy, str):
+        raise ConfigError(f"{path}lb_policy: must be a policy name, not {policy!r}")
     policy = ALIASES.get(policy, policy)
     if policy not in LB_TYPES[lb_type]:
         other = "cluster" if lb_type == "endpoint" else "endpoint"
@@ -238,12 +240,12 @@ def _weights(lb):
     for entry in scorers:
         name = entry.get("name") if isinstance(entry, dict) else None
         weight = entry.get("weight", 1) if isinstance(entry, dict) else None
-        if name not in SCORERS:
+        if not isinstance(name, str) or name not in SCORERS:
             raise ConfigError(f"{lb.path}.scorers: unknown scorer {name!r} "
                               f"(known: {', '.join(sorted(SCORERS))})")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
             raise ConfigError(f"{lb.path}.scorers: weight of {name} must be a number >= 0")
-        weights.append((name, float(weight)))
+        weights.append((name, as_number(f"{lb.path}.scorers", weight)))
     return tuple(weights)
 
 
@@ -265,7 +267,7 @@ def _endpoints(lb):
         raise ConfigError(f"{lb.path}.endpoints: must be a list of \"ip:port\" strings")
     for endpoint in endpoints:
         host, sep, port = endpoint.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not port.isdecimal() or not 0 < int(port) < 65536:
             raise ConfigError(f"{lb.path}.endpoints: {endpoint!r} is not \"ip:port\"")
     return sorted(set(endpoints))
 

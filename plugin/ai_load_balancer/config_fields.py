@@ -8,6 +8,7 @@ Values are read leniently, as Higress's own plugins read theirs (gjson's
 time only.
 """
 
+import math
 from dataclasses import dataclass
 
 from . import simple_policies
@@ -186,24 +187,30 @@ HEALTH_BY_NAME = {f.name: f for f in HEALTH_FIELDS}
 # --- lenient readers (Higress reads values with gjson) ---------------------------------
 
 def as_int(path, value):
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lstrip("-").isdigit():
-            return int(text)
-    elif not isinstance(value, bool) and isinstance(value, (int, float)) and value == int(value):
-        return int(value)
+    try:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.lstrip("-").isdigit():
+                return int(text)
+        elif not isinstance(value, bool) and isinstance(value, (int, float)) \
+                and value == int(value):
+            return int(value)
+    except (ValueError, OverflowError):  # "--5", "\u00b2", NaN, infinity
+        pass
     raise ConfigError(f"{path}: must be a whole number, not {value!r}")
 
 
 def as_number(path, value):
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    elif not isinstance(value, bool) and isinstance(value, (int, float)):
-        return float(value)
-    raise ConfigError(f"{path}: must be a number, not {value!r}")
+    """A finite float (NaN and infinity are no settings)."""
+    try:
+        if isinstance(value, str) or (
+                not isinstance(value, bool) and isinstance(value, (int, float))):
+            number = float(value)  # OverflowError: an int beyond any float
+            if math.isfinite(number):
+                return number
+    except (ValueError, OverflowError):
+        pass
+    raise ConfigError(f"{path}: must be a finite number, not {value!r}")
 
 
 _TRUE, _FALSE = ("true", "t", "1"), ("false", "f", "0")

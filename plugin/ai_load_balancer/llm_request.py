@@ -20,8 +20,9 @@ class LLMRequest:
 
     @property
     def cache_namespace(self):
-        """The hash seed: prompts only match within one model/adapter and salt."""
-        return f"{self.model}\0{self.cache_salt}".encode("utf-8")
+        """The hash seed: prompts only match within one model/adapter and salt.
+        (JSON can carry lone surrogates, "\\ud800": kept, never raised about.)"""
+        return f"{self.model}\0{self.cache_salt}".encode("utf-8", "surrogatepass")
 
 
 class NotAnLLMRequest(ValueError):
@@ -32,7 +33,8 @@ def parse(body):
     """LLMRequest for a request body; raises NotAnLLMRequest with the reason."""
     try:
         doc = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, LookupError) as exc:
+        # LookupError: a BOM or UTF-16/32 body in wasm, which embeds no codec for them
         raise NotAnLLMRequest(f"body is not JSON ({exc.__class__.__name__})") from None
     except RecursionError:
         raise NotAnLLMRequest("body is nested too deeply") from None

@@ -143,12 +143,16 @@ def parse_pick(reply_bytes):
     """The Pick from the pick script's reply. Raises LimitReached, NoScript,
     RedisError, or ValueError for a reply that is not the script's."""
     try:
-        address, inflight, matched, reason = resp.reply(reply_bytes)
+        reply = resp.reply(reply_bytes)
     except resp.RedisError as exc:
         if str(exc).startswith("NOSCRIPT"):
             raise NoScript() from None
         raise
-    pick = Pick(address.decode(), int(inflight), int(matched), reason.decode())
+    # The script returns {address, inflight, matched, reason}.
+    if not isinstance(reply, list) or [type(item) for item in reply] != [bytes, int, int, bytes]:
+        raise ValueError(f"not the pick script's reply: {str(reply)[:80]}")
+    address, inflight, matched, reason = reply
+    pick = Pick(address.decode(), inflight, matched, reason.decode())
     if pick.reason == "limit":
         raise LimitReached()
     return pick

@@ -20,6 +20,7 @@ kept in shared data. Pure: no host calls.
 """
 
 import json
+import sys
 from dataclasses import dataclass
 
 from proxywasm import prometheus
@@ -36,6 +37,7 @@ SGLANG_USAGE = "sglang:token_usage"
 _VLLM = frozenset((VLLM_WAITING, VLLM_RUNNING, VLLM_KV_USAGE, VLLM_LORA_INFO))
 _SGLANG = frozenset((SGLANG_WAITING, SGLANG_RUNNING, SGLANG_USAGE))
 _INF = float("inf")
+_MAX = sys.float_info.max
 _NONE = frozenset()
 
 
@@ -97,7 +99,8 @@ def _sum(found, *names):
     for name in names:
         samples = found.get(name)
         if samples is not None:
-            return float(sum(_finite(samples)))
+            total = float(sum(_finite(samples)))
+            return max(-_MAX, min(total, _MAX))  # huge samples can sum past any float
     return None
 
 
@@ -151,12 +154,16 @@ def from_status_json(body, scraped_at_ms, field):
         value = json.loads(body)
         for part in field.split("."):
             value = value[part]
-    except (ValueError, KeyError, TypeError, IndexError):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        waiting = float(value)  # OverflowError: an int beyond any float
+    except (ValueError, KeyError, TypeError, IndexError, OverflowError, RecursionError,
+            LookupError):  # LookupError: not UTF-8, and the wasm build has no other codec
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    if not -_INF < waiting < _INF:  # NaN or infinite: ignored, as from_text does
         return None
-    return ReplicaMetrics(float(value), 0.0, 0.0, frozenset(), frozenset(), 0, scraped_at_ms,
-                          (("waiting", float(value)),))
+    return ReplicaMetrics(waiting, 0.0, 0.0, frozenset(), frozenset(), 0, scraped_at_ms,
+                          (("waiting", waiting),))
 
 
 def to_json(m):
@@ -181,7 +188,7 @@ def from_json(d):
             _adapters(active) if active else _NONE, _adapters(queued) if queued else _NONE,
             int(max_adapters), int(scraped_at),
             tuple([(str(n), float(v)) for n, v in extra]) if extra else ())
-    except (TypeError, ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError, OverflowError, RecursionError, LookupError):
         return None
 
 

@@ -50,8 +50,10 @@ def parse(raw):
     An error in a rule names the rule (`_rules_[1].lb_config.servicePort: ...`)."""
     try:
         doc = json.loads(raw or b"{}")
-    except ValueError as exc:
+    except (ValueError, LookupError) as exc:  # LookupError: not UTF-8 (no codec in wasm)
         raise ConfigError(f"configuration is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigError("configuration is nested too deeply") from None
     if not isinstance(doc, dict):
         raise ConfigError("configuration must be a JSON object")
     for key in IGNORED_KEYS:

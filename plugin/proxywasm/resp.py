@@ -21,13 +21,17 @@ def command(*args):
     return b"".join(parts)
 
 
-def parse(data, pos=0):
+MAX_DEPTH = 32  # arrays inside arrays; Redis's own replies nest a few levels at most
+
+
+def parse(data, pos=0, depth=0):
     """(reply, end position) of the reply starting at `pos`.
 
     Simple strings -> str, bulk strings -> bytes (None when nil), integers -> int,
     arrays -> list (None when nil), errors -> a RedisError instance (returned,
     not raised, so an error inside an array keeps its place). Raises Incomplete
-    when `data` ends early and ValueError on bytes that are not RESP.
+    when `data` ends early and ValueError on bytes that are not RESP (arrays
+    nested deeper than MAX_DEPTH included).
     """
     line_end = data.find(b"\r\n", pos)
     if line_end < 0:
@@ -51,9 +55,11 @@ def parse(data, pos=0):
         count = int(line)
         if count < 0:
             return None, pos
+        if depth >= MAX_DEPTH:
+            raise ValueError("RESP arrays nested too deeply")
         items = []
         for _ in range(count):
-            item, pos = parse(data, pos)
+            item, pos = parse(data, pos, depth + 1)
             items.append(item)
         return items, pos
     raise ValueError(f"not a RESP reply: {kind!r}")
