@@ -7,6 +7,7 @@ raises ConfigError with a message that starts with the field's path, e.g.
 config_fields.py.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 from .cluster_metrics import parse_services
@@ -23,7 +24,7 @@ _STATUS = Field("status", "int", 429, (), "an HTTP status", low=100, high=599)
 class RedisConfig:
     cluster: str           # Envoy cluster of the Redis service (Higress naming)
     username: str
-    password: str          # never logged
+    password: str = dataclasses.field(repr=False)  # never logged, nor in a repr
     timeout_ms: int
     database: int
 

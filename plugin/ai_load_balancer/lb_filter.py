@@ -247,8 +247,8 @@ class LoadBalancerStream(HttpContext):
             return hostcalls.get_header(hostcalls.REQUEST_HEADERS, name) or ""
         try:
             value = json.loads(self.hash_body or b"{}").get(name, "")
-        except (ValueError, AttributeError):
-            value = ""
+        except (ValueError, AttributeError, LookupError, RecursionError):
+            value = ""  # not JSON, not an object, a BOM (no codec in wasm), too deep
         return value if isinstance(value, str) else json.dumps(value)
 
     def _decide_by_metrics(self, hosts):
