@@ -40,15 +40,16 @@ def measure(server, picks, cached, hashes):
     client = RedisClient(server.address)
     gap = 4 if hashes else -1
     command = lambda i: redis_state.pick_command(  # noqa: E731
-        "outbound|8000||vllm", "gw1", 30000, i, REPLICAS, hashes, gap, cached=cached)
+        "outbound|8000||vllm", "gw1", 30000, i, REPLICAS, hashes, gap, request_id=str(i),
+        cached=cached)
     client.call(redis_state.pick_command("outbound|8000||vllm", "gw1", 30000, 0, REPLICAS,
                                          hashes, gap))  # loads the script
     server.command("CONFIG", "RESETSTAT")
     started = time.perf_counter()
     for i in range(picks):
         pick = redis_state.parse_pick(client.call(command(i)))
-        client.call(redis_state.release_command("outbound|8000||vllm", "gw1", pick.address,
-                                                30000))
+        assert pick.address in REPLICAS
+        client.call(redis_state.release_command("outbound|8000||vllm", "gw1", str(i), 30000))
     round_trip = (time.perf_counter() - started) / picks
     client.close()
     return len(command(0)), script_usec(server) / picks, round_trip

@@ -240,12 +240,30 @@ def resp_args(command):
     return resp.parse(command)[0]
 
 
-def test_release_never_goes_below_zero(redis_server):
+def test_redis_releases_are_idempotent_and_may_come_before_their_pick(redis_server):
     cluster = "outbound|80||release"
     prefix = redis_state.key_prefix(cluster)
-    redis_server.command("DEL", f"{prefix}:n:me")
-    redis_server.command(*resp_args(redis_state.release_command(cluster, "me", A, 60000)))
-    assert redis_server.command("HGET", f"{prefix}:n:me", A) == b"$-1\r\n"
+    redis_server.command("DEL", f"{prefix}:n:me", f"{prefix}:r:me")
+
+    def pick(request_id):
+        return redis_state.parse_pick(redis_server.command(*resp_args(redis_state.pick_command(
+            cluster, "me", 60000, 0, [A], request_id=request_id))))
+
+    def release(request_id):
+        redis_server.command(*resp_args(redis_state.release_command(cluster, "me", request_id,
+                                                                    60000)))
+
+    def count():
+        return resp.reply(redis_server.command("HGET", f"{prefix}:n:me", A))
+
+    assert pick("1").address == A and pick("2").address == A and count() == b"2"
+    release("1")
+    release("1")  # sent again (no answer seen): never below the requests still in flight
+    assert count() == b"1"
+    release("3")  # the pick of request 3 has not run yet (Redis paused, the plugin gave up)
+    assert pick("3").reason == "released" and count() == b"1"  # ...so it counts nothing
+    release("2")
+    assert count() is None
 
 
 def test_least_busy_config_and_higress_aliases():

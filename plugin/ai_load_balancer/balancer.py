@@ -9,7 +9,7 @@ from proxywasm import hostcalls
 from proxywasm.abi import HostError
 from proxywasm.dispatcher import run_isolated
 
-from . import endpoints, redis_state
+from . import endpoints, redis_state, stats
 from .cluster_metrics import ServiceStats
 from .consistent_hash import HashRing
 from .embedded_inflight import EmbeddedInflight
@@ -19,6 +19,7 @@ from .least_busy import LeastBusy
 from .weighted_round_robin import SmoothWeightedRoundRobin
 
 METRICS_POLICIES = ("least_busy", "queue_depth")
+MAX_UNRELEASED = 4096
 REDIS_POLICIES = ("global_least_request", "prefix_cache")
 
 
@@ -33,7 +34,9 @@ class Balancer:
         self.vm_id = root.vm_id
         self.limiter = root.limiter
         self.redis_clusters = set()   # clusters this VM counted requests in (lease renewal)
-        self.unreleased = []          # (cluster, address): Redis releases the host refused
+        self.unreleased = {}          # (cluster, request id) -> sent: releases not confirmed
+        self.request_ids = 0          # this VM's request ids in Redis (counted per request)
+        self._next_renew_ms = 0
         self.redis = None             # the Redis cluster, once redis_init succeeded
         self.wants_redis = False      # configured with Redis (and the host has it)
         self.pick_script_cached = False  # Redis answered the pick script: EVALSHA from now
@@ -123,27 +126,53 @@ class Balancer:
             run_isolated("metrics scraping", self.least_busy.scraper.tick, self.root,
                          self.config.endpoints, now_ms)
         if self.redis:
-            run_isolated("Redis lease renewal", self._renew_in_redis)
+            run_isolated("Redis lease renewal", self._renew_in_redis, now_ms)
 
-    def _renew_in_redis(self):
+    def _renew_in_redis(self, now_ms):
+        """Every third of a lease: this VM's lease in Redis; every tick: the
+        releases that failed (not sent, or no answer)."""
+        if now_ms >= self._next_renew_ms:
+            self._next_renew_ms = now_ms + self.config.lease_s * 1000 // 3
+            self._renew_leases()
+        for (cluster, request_id), sent in list(self.unreleased.items()):
+            if not sent:
+                self.release_in_redis(cluster, request_id)
+
+    def _renew_leases(self):
         for cluster in self.redis_clusters:
             hostcalls.redis_call(self.redis, redis_state.renew_command(
                 cluster, self.vm_id, self.config.lease_s * 1000))
-        waiting, self.unreleased = self.unreleased, []
-        for cluster, address in waiting:
-            self.release_in_redis(cluster, address)
 
-    def release_in_redis(self, cluster, address):
-        """Uncounts one request of this VM in Redis. A call the host refuses
-        (it was not sent) is kept and sent again on the next tick: a release is
-        never lost. Returns False when it was refused."""
+    def next_request_id(self):
+        """A request id unique in this VM, for counting a request in Redis."""
+        self.request_ids += 1
+        return str(self.request_ids)
+
+    def release_in_redis(self, cluster, request_id):
+        """Uncounts request `request_id` in Redis, whether its pick ran or
+        still may. Idempotent, so sent again on every tick until Redis confirms
+        it (at most MAX_UNRELEASED kept: beyond that, counted and logged)."""
+        key = (cluster, request_id)
+
+        def on_reply(status, reply):
+            if status == 0 and reply[:1] != b"-":
+                self.unreleased.pop(key, None)
+            elif key in self.unreleased:
+                self.unreleased[key] = False  # sent again on the next tick
+
+        if key not in self.unreleased and len(self.unreleased) >= MAX_UNRELEASED:
+            stats.count("ailb.redis.releases_dropped")
+            self.limiter.log(hostcalls.WARN, "releases dropped", f"{self.name}: over "
+                             f"{MAX_UNRELEASED} Redis releases unconfirmed; dropping one")
+            return
+        self.unreleased[key] = False
         try:
-            hostcalls.redis_call(self.redis, redis_state.release_command(
-                cluster, self.vm_id, address, self.config.lease_s * 1000))
-            return True
-        except Exception:
-            self.unreleased.append((cluster, address))
-            return False
+            self.root.redis_call(self.redis, redis_state.release_command(
+                cluster, self.vm_id, request_id, self.config.lease_s * 1000), on_reply)
+            self.unreleased[key] = True
+        except Exception as exc:  # not sent: the next tick sends it again
+            self.limiter.log(hostcalls.WARN, "release", f"{self.name}: Redis release not "
+                             f"sent ({exc}); sending it again on the next tick")
 
     # --- per request ----------------------------------------------------------------------
 

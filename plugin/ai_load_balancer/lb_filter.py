@@ -42,6 +42,7 @@ class LoadBalancerStream(HttpContext):
         self.hash_body = b""          # consistent_hash by a body field: the raw body
         self.awaiting_body = False    # paused until the whole body is here
         self.awaiting_redis = False   # paused until Redis answers (or times out)
+        self.request_id = None        # this request's id in Redis, once asked
         self.started_ns = 0
         self.pick = None
         self.pinned = ()              # the addresses pinned, in the order Envoy tries them
@@ -159,11 +160,12 @@ class LoadBalancerStream(HttpContext):
             self.lb.services.done(self.service, self._elapsed_ms(), self.status == "200")
             self.service = None
             return
-        self.awaiting_redis = False  # a pick answered later is released at once
+        if self.awaiting_redis:  # the client left while Redis picked
+            self._stop_waiting_on_redis()
         if self.counted_in == "embedded":
             self.lb.inflight.release(self.pick.address, hostcalls.now_ns() // 1_000_000)
         elif self.counted_in == "redis":
-            self._release_in_redis(self.pick.address)
+            self.lb.release_in_redis(self.cluster, self.request_id)
         self.counted_in = None
 
     # --- deciding -----------------------------------------------------------------
@@ -297,10 +299,11 @@ class LoadBalancerStream(HttpContext):
 
     def _ask_redis(self):
         gap = self.cfg.max_load_gap if self.cfg.policy == "prefix_cache" else -1
+        self.request_id = self.request_id or self.lb.next_request_id()
         command = redis_state.pick_command(
             self.cluster, self.lb.vm_id, self.cfg.lease_s * 1000, self.rotation,
             self.candidates, self.hashes, gap, self.cfg.max_request_count, self.cfg.key_ttl_s,
-            self._min_blocks(), self.lb.pick_script_cached)
+            self._min_blocks(), self.request_id, self.lb.pick_script_cached)
         try:
             # Owned by the root: its answer arrives even if this stream is gone,
             # so a count Redis made for it can always be released. The stream
@@ -337,10 +340,7 @@ class LoadBalancerStream(HttpContext):
         if pick is not None:
             self.lb.pick_script_cached = True
         if not self.awaiting_redis:
-            # The stream ended or went on after a timeout: uncount the late pick.
-            if isinstance(pick, picking.Pick):
-                self._release_in_redis(pick.address)
-            return
+            return  # the stream ended or went on after a timeout: released already
         self.awaiting_redis = False
         hostcalls.set_effective_context(self.context_id)
         if pick == "limit":
@@ -348,6 +348,8 @@ class LoadBalancerStream(HttpContext):
             self._reject(429, LIMIT_MESSAGE, "rate_limit_exceeded")
             return
         if pick is None:
+            if status != 0:  # no answer: the pick may still have run, or may run later
+                self.lb.release_in_redis(self.cluster, self.request_id)
             self._redis_failed(failure)
             action = self._decide_embedded()
         else:
@@ -362,7 +364,7 @@ class LoadBalancerStream(HttpContext):
         released when it comes)."""
         if not self.awaiting_redis:
             return
-        self.awaiting_redis = False
+        self._stop_waiting_on_redis()
         self._redis_failed(f"no reply within {self.cfg.redis.timeout_ms} ms")
         if self._decide_embedded() == CONTINUE:
             self.resume_request()
@@ -372,9 +374,12 @@ class LoadBalancerStream(HttpContext):
         self.lb.limiter.log(hostcalls.WARN, "redis", f"Redis unusable ({why}); "
                               f"deciding on the gateway's own state")
 
-    def _release_in_redis(self, address):
-        if not self.lb.release_in_redis(self.cluster, address):
-            self._redis_failed("release refused; sent again on the next tick")
+    def _stop_waiting_on_redis(self):
+        """The stream goes on without the pick (or ends): Redis may still run
+        it, so it is released now (a pick that runs after its release counts
+        nothing)."""
+        self.awaiting_redis = False
+        self.lb.release_in_redis(self.cluster, self.request_id)
 
     # --- applying -----------------------------------------------------------------
 

@@ -3,6 +3,8 @@
 Keys, all under one hash tag so a Redis Cluster keeps them in one slot:
   ailb:{<cluster>}:gws          ZSET  gateway VM id -> lease expiry (ms, Redis clock)
   ailb:{<cluster>}:n:<gateway>  HASH  replica address -> requests this gateway has in flight
+  ailb:{<cluster>}:r:<gateway>  HASH  request id -> replica it is counted for
+  ailb:{<cluster>}:x:<gateway>:<request id>  STRING  released before its pick ran
   ailb:{<cluster>}:pc:<hash>    STRING replica that last served this prompt-prefix block
 
 The pick script applies picking.py's rules to the sum over live gateways and
@@ -11,6 +13,11 @@ gateway. It records the prompt's blocks for the pick from the first one the
 pick does not hold yet (all of them when the first block has less than half its
 TTL left, which refreshes the chain). A gateway that dies stops renewing its lease: its counts stop counting
 and its hash expires. Counts never go below zero.
+
+Releases go by request id, so they are idempotent and can be sent again until
+Redis answers: a release finds the request's count and removes it, or, when
+the pick has not run (a pick sent before a Redis pause can run after the
+plugin timed it out), leaves a marker that makes the pick count nothing.
 """
 
 import hashlib
@@ -20,18 +27,21 @@ from proxywasm import resp
 from .picking import Pick
 
 # ARGV: gateway, lease_ms, rotation, max_load_gap (-1: least request only),
-#       limit (0: none), ttl_s, min_blocks, candidate count, candidates..., block hashes...
+#       limit (0: none), ttl_s, min_blocks, request id, candidate count,
+#       candidates..., block hashes...
 PICK_SCRIPT = """
 local p = KEYS[1]
 local gw, lease = ARGV[1], tonumber(ARGV[2])
 local rotation, gap, limit, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local minb = math.max(1, tonumber(ARGV[7]))
-local total = tonumber(ARGV[8])
-local h0, nh = 8 + total, #ARGV - 8 - total
+local rid = ARGV[8]
+local total = tonumber(ARGV[9])
+local h0, nh = 9 + total, #ARGV - 9 - total
+if redis.call('DEL', p .. ':x:' .. gw .. ':' .. rid) == 1 then return {'', 0, 0, 'released'} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local inflight = {}
-for i = 1, total do inflight[ARGV[8 + i]] = 0 end
+for i = 1, total do inflight[ARGV[9 + i]] = 0 end
 redis.call('ZREMRANGEBYSCORE', p .. ':gws', '-inf', now)
 redis.call('ZADD', p .. ':gws', now + lease, gw)
 for _, g in ipairs(redis.call('ZRANGE', p .. ':gws', 0, -1)) do
@@ -43,7 +53,7 @@ for _, g in ipairs(redis.call('ZRANGE', p .. ':gws', 0, -1)) do
 end
 local cands = {}
 for i = 1, total do
-  local a = ARGV[8 + i]
+  local a = ARGV[9 + i]
   if limit <= 0 or inflight[a] < limit then cands[#cands + 1] = a end
 end
 if #cands == 0 then return {'', 0, 0, 'limit'} end
@@ -82,6 +92,8 @@ if best == nil then
 end
 redis.call('HINCRBY', p .. ':n:' .. gw, best, 1)
 redis.call('PEXPIRE', p .. ':n:' .. gw, lease)
+redis.call('HSET', p .. ':r:' .. gw, rid, best)
+redis.call('PEXPIRE', p .. ':r:' .. gw, lease)
 local from = 1
 local held = matched[best] or 0
 if held > 0 and redis.call('PTTL', p .. ':pc:' .. ARGV[h0 + 1]) > ttl * 500 then
@@ -91,10 +103,17 @@ for i = from, nh do redis.call('SET', p .. ':pc:' .. ARGV[h0 + i], best, 'EX', t
 return {best, bestc, bestm, reason}
 """
 
-# ARGV: gateway, address, lease_ms
+# ARGV: gateway, request id, lease_ms
 RELEASE_SCRIPT = """
+local r = KEYS[1] .. ':r:' .. ARGV[1]
+local a = redis.call('HGET', r, ARGV[2])
+if not a then
+  redis.call('SET', KEYS[1] .. ':x:' .. ARGV[1] .. ':' .. ARGV[2], 1, 'PX', tonumber(ARGV[3]))
+  return 0
+end
+redis.call('HDEL', r, ARGV[2])
 local k = KEYS[1] .. ':n:' .. ARGV[1]
-if redis.call('HINCRBY', k, ARGV[2], -1) <= 0 then redis.call('HDEL', k, ARGV[2]) end
+if redis.call('HINCRBY', k, a, -1) <= 0 then redis.call('HDEL', k, a) end
 redis.call('PEXPIRE', k, tonumber(ARGV[3]))
 return 1
 """
@@ -107,6 +126,7 @@ local k = KEYS[1] .. ':n:' .. ARGV[1]
 if redis.call('EXISTS', k) == 1 then
   redis.call('ZADD', KEYS[1] .. ':gws', now + tonumber(ARGV[2]), ARGV[1])
   redis.call('PEXPIRE', k, tonumber(ARGV[2]))
+  redis.call('PEXPIRE', KEYS[1] .. ':r:' .. ARGV[1], tonumber(ARGV[2]))
 end
 return 1
 """
@@ -129,14 +149,16 @@ def key_prefix(cluster):
 
 
 def pick_command(cluster, gateway, lease_ms, rotation, candidates, hashes=(),
-                 max_load_gap=-1, limit=0, ttl_s=1800, min_blocks=1, cached=False):
-    """The script call that picks among `candidates` and counts the pick. With
-    hashes and a max_load_gap >= 0 it is prefix_cache's pick, otherwise least
-    request. `cached`: Redis holds the script, send its SHA1 only (EVALSHA)."""
+                 max_load_gap=-1, limit=0, ttl_s=1800, min_blocks=1, request_id="0",
+                 cached=False):
+    """The script call that picks among `candidates` and counts the pick for
+    `request_id` (unique per gateway among its requests in flight). With hashes
+    and a max_load_gap >= 0 it is prefix_cache's pick, otherwise least request.
+    `cached`: Redis holds the script, send its SHA1 only (EVALSHA)."""
     head = ("EVALSHA", PICK_SHA) if cached else ("EVAL", PICK_SCRIPT)
     return resp.command(*head, 1, key_prefix(cluster), gateway, lease_ms,
-                        rotation, max_load_gap, limit, ttl_s, min_blocks, len(candidates),
-                        *candidates, *hashes)
+                        rotation, max_load_gap, limit, ttl_s, min_blocks, request_id,
+                        len(candidates), *candidates, *hashes)
 
 
 def parse_pick(reply_bytes):
@@ -158,8 +180,11 @@ def parse_pick(reply_bytes):
     return pick
 
 
-def release_command(cluster, gateway, address, lease_ms):
-    return resp.command("EVAL", RELEASE_SCRIPT, 1, key_prefix(cluster), gateway, address, lease_ms)
+def release_command(cluster, gateway, request_id, lease_ms):
+    """Uncounts request `request_id` of `gateway`, whether its pick ran already
+    or runs later. Idempotent: send it again until Redis answers."""
+    return resp.command("EVAL", RELEASE_SCRIPT, 1, key_prefix(cluster), gateway, request_id,
+                        lease_ms)
 
 
 def renew_command(cluster, gateway, lease_ms):
