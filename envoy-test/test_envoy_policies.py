@@ -217,11 +217,11 @@ def test_prefix_cache_multi_turn_conversation_sticks(prefix, replicas4):
                               {"role": "user", "content": "hello"}]
             others.append(check_routed(post_chat(prefix, chat(other_messages)), replicas4))
     assert len({d["address"] for d in ours}) == 1, ours
-    assert ours[0]["reason"] == "least_request"
+    assert ours[0]["reason"] == "least_load"
     assert [d["reason"] for d in ours[1:]] == ["prefix_match"] * 5, ours
     blocks = [d["matched_blocks"] for d in ours]
     assert blocks[1] >= len(SYSTEM) // 64 and blocks == sorted(blocks) and blocks[5] > blocks[1]
-    assert {d["reason"] for d in others} == {"least_request"}
+    assert {d["reason"] for d in others} == {"least_load"}
     assert len({d["address"] for d in others}) >= 2  # the others spread
     cx_after = worker_connections(prefix)
     assert all(cx_after[w] > cx_before.get(w, 0) for w in cx_after) and len(cx_after) == 2
@@ -243,13 +243,13 @@ def test_prefix_cache_non_json_body_still_routed(prefix, replicas4):
     for body in (b"definitely not json {", b'["a", "list"]', b'{"no": "prompt"}'):
         response = post_chat(prefix, body)
         d = check_routed(response, replicas4)
-        assert d["reason"] == "least_request" and d["matched_blocks"] == 0
+        assert d["reason"] == "least_load" and d["matched_blocks"] == 0
         assert json.loads(response.body)["body_bytes"] == len(body)
 
 
 def test_prefix_cache_get_without_body(prefix, replicas4):
     with harness.Client(prefix.port) as client:
-        assert check_routed(client.get("/v1/models"), replicas4)["reason"] == "least_request"
+        assert check_routed(client.get("/v1/models"), replicas4)["reason"] == "least_load"
 
 
 ENVOY_BUFFER_LIMIT = 1024 * 1024  # per_connection_buffer_limit_bytes, Envoy's default
@@ -262,7 +262,7 @@ def big_chat(size):
 
 def test_prefix_cache_body_over_max_body_bytes_is_routed_without_prompt(
         start_envoy, replicas4, production_wasm):
-    """maxBodyBytes below Envoy's buffer limit: a larger body goes on, least request."""
+    """maxBodyBytes below Envoy's buffer limit: a larger body goes on, by load alone."""
     replicas4.reset()
     plugin_config = {"lb_policy": "prefix_cache", "lb_config": {
         "endpoints": replicas4.endpoints, "debugHeader": True, "maxBodyBytes": 256 * 1024}}
@@ -271,7 +271,7 @@ def test_prefix_cache_body_over_max_body_bytes_is_routed_without_prompt(
     body = big_chat(600 * 1024)
     response = post_chat(envoy, body)
     d = check_routed(response, replicas4)
-    assert d["reason"] == "least_request" and d["matched_blocks"] == 0
+    assert d["reason"] == "least_load" and d["matched_blocks"] == 0
     assert json.loads(response.body)["body_bytes"] == len(body)
     envoy.wait_for_log("over maxBodyBytes")
 

@@ -167,19 +167,19 @@ def test_no_prompt_text_or_password_in_the_debug_log_or_stats(debug_envoy, fleet
     send("prefix", chat(marker("salted") + " " * 100, cache_salt=salt), salt)
     broken = marker("malformed")
     send("prefix", b'{"model": "m", "messages": [{"role": "user", "content": "'
-         + broken.encode() + b' and no end', broken, reason="least_request")
+         + broken.encode() + b' and no end', broken, reason="least_load")
     odd = marker("notllm")
     send("prefix", json.dumps({"model": "m", "input": odd}).encode(), odd,
-         reason="least_request")
+         reason="least_load")
     deep = marker("deep")
     send("prefix", b"[" * 5000 + json.dumps(deep).encode() + b"]" * 5000, deep,
-         reason="least_request")
+         reason="least_load")
     latin = marker("latin1")
     send("prefix", b'{"model": "m", "prompt": "\xff\xfe ' + latin.encode() + b'"}', latin)
     big = marker("oversized")
-    send("prefix", chat(f"{big} " * (MAX_BODY // 40)), big, reason="least_request")
+    send("prefix", chat(f"{big} " * (MAX_BODY // 40)), big, reason="least_load")
     chunked = marker("chunked")
-    send("prefix", chat(f"{chunked} " * (MAX_BODY // 40)), chunked, reason="least_request",
+    send("prefix", chat(f"{chunked} " * (MAX_BODY // 40)), chunked, reason="least_load",
          chunked=True)
     # the other policies read the same kinds of bodies
     for listener in ("least", "busy", "hash"):
@@ -237,7 +237,7 @@ def test_plugin_debug_lines_without_envoys_config_dump(start_envoy, fleet, produ
     envoy.wait_for_log(f"configured, lb_policy={policy}", count=2)
     broken = marker("malformed-info")
     response = post(envoy, name, b'{"messages": [{"content": "' + broken.encode())
-    assert response.status == 200 and "reason=least_request" in response.headers.get(
+    assert response.status == 200 and "reason=least_load" in response.headers.get(
         "x-ailb-decision", "")
     assert seen_upstream(fleet, broken)
     log = envoy.wait_for_log("no prompt to match: body is not JSON")

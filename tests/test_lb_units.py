@@ -151,17 +151,36 @@ def test_least_request_takes_the_idlest_and_rotates_ties():
     assert {picking.least_request([A, B, C], {}, r).address for r in range(3)} == {A, B, C}
 
 
-def test_prefix_match_prefers_the_longest_holder_within_the_gap():
-    matched = {A: 10, B: 3}
-    assert picking.prefix_match([A, B, C], {A: 2, B: 0, C: 0}, matched, 4, 0).address == A
-    assert picking.prefix_match([A, B, C], {A: 2, B: 0, C: 0}, matched, 4, 0).reason == "prefix_match"
+def cost_pick(inflight, matched, prompt_blocks=100, work=None, decode_cost=4, **filters):
+    return picking.least_cost([A, B, C], inflight, work or {}, matched, prompt_blocks,
+                              decode_cost, 0, **filters)
 
 
-def test_bounded_load_moves_a_hot_prefix_off_a_busy_replica():
-    pick = picking.prefix_match([A, B, C], {A: 9, B: 5, C: 0}, {A: 10, B: 3}, 4, 0)
-    assert pick.address == C and pick.reason == "bounded_load"
-    pick = picking.prefix_match([A, B, C], {A: 9, B: 4, C: 0}, {A: 10, B: 3}, 4, 0)
-    assert pick.address == B and pick.reason == "prefix_match"
+def test_the_cost_model_keeps_a_request_with_its_prefix_until_the_queue_costs_more():
+    pick = cost_pick({A: 2, B: 0, C: 0}, {A: 90, B: 30})
+    assert (pick.address, pick.reason, pick.matched_blocks, pick.work) == (A, "prefix_match",
+                                                                           90, 10)
+    # A holds 90 of 100 blocks, but 95 blocks of other prompts wait there: C is cheaper.
+    pick = cost_pick({A: 2, B: 0, C: 0}, {A: 90}, work={A: 95})
+    assert (pick.address, pick.reason, pick.work) == (B, "least_load", 100)
+
+
+def test_a_second_turn_that_doubles_the_prompt_stays_where_the_first_is():
+    # The old minMatchRatio 0.5 dropped this match (50 of 101 blocks): a full recompute.
+    assert cost_pick({A: 1, B: 0, C: 0}, {A: 50}, prompt_blocks=101).address == A
+
+
+def test_a_short_shared_prefix_does_not_pull_new_prompts_onto_a_busy_replica():
+    # Every new conversation shares a 4-block system prompt, last served by A.
+    pick = cost_pick({A: 3, B: 0, C: 1}, {A: 4}, work={A: 200, C: 100})
+    assert pick.address == B
+
+
+def test_the_optional_filters_still_apply():
+    pick = cost_pick({A: 9, B: 5, C: 0}, {A: 90, B: 3}, max_load_gap=4)
+    assert (pick.address, pick.reason) == (C, "bounded_load")
+    pick = cost_pick({A: 0, B: 0, C: 0}, {A: 2}, min_blocks=5, decode_cost=0)
+    assert pick.matched_blocks == 0 and pick.reason == "least_load"
 
 
 def owners_to_matches(owners):
@@ -175,11 +194,6 @@ def owners_to_matches(owners):
     return matched
 
 
-def test_a_short_match_does_not_count():
-    pick = picking.prefix_match([A, B], {A: 3, B: 0}, {A: 2}, 4, 0, min_blocks=5)
-    assert (pick.address, pick.reason) == (B, "least_request")
-
-
 def test_under_limit():
     assert picking.under_limit([A, B], {A: 2, B: 1}, 2) == [B]
     assert picking.under_limit([A, B], {A: 2, B: 1}, 0) == [A, B]
@@ -187,14 +201,16 @@ def test_under_limit():
 
 # --- the Redis script applies the same rules --------------------------------------------
 
-def python_pick(candidates, inflight, owners, gap, limit, rotation, min_blocks):
+def python_pick(candidates, inflight, work, owners, costed, gap, limit, rotation, min_blocks,
+                prompt_blocks, decode_cost):
     eligible = picking.under_limit(candidates, inflight, limit)
     if not eligible:
         return "limit"
-    if gap < 0:
+    if not costed:
         return picking.least_request(eligible, inflight, rotation)
-    return picking.prefix_match(eligible, inflight, owners_to_matches(owners), gap,
-                                rotation, min_blocks)
+    pick = picking.least_cost(eligible, inflight, work, owners_to_matches(owners),
+                              prompt_blocks, decode_cost, rotation, min_blocks, gap)
+    return picking.Pick(pick.address, pick.inflight, pick.matched_blocks, pick.reason)
 
 
 def test_redis_script_and_python_pick_alike(redis_server):
@@ -205,12 +221,14 @@ def test_redis_script_and_python_pick_alike(redis_server):
         redis_server.command("EVAL", "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do "
                              "redis.call('DEL', k) end", "0", prefix + "*")
         candidates = sorted(f"10.0.{case % 7}.{i}:8000" for i in range(rng.randint(1, 6)))
-        inflight = {}
-        for gw in ("gw-a", "gw-b"):  # counts from two other gateways add up
+        inflight, work = {}, {}
+        for gw in ("gw-a", "gw-b"):  # counts and work from two other gateways add up
             for address in candidates:
-                count = rng.randint(0, 4)
+                count, blocks = rng.randint(0, 4), rng.choice([0, 3, 40])
                 inflight[address] = inflight.get(address, 0) + count
+                work[address] = work.get(address, 0) + blocks
                 redis_server.command("HSET", f"{prefix}:n:{gw}", address, count)
+                redis_server.command("HSET", f"{prefix}:w:{gw}", address, blocks)
             redis_server.command("ZADD", f"{prefix}:gws", 9e15, gw)
         hashes = [f"{case:04x}{i:012x}" for i in range(rng.randint(0, 8))]
         owners = []
@@ -219,17 +237,24 @@ def test_redis_script_and_python_pick_alike(redis_server):
             owners.append(owner)
             redis_server.command("SET", f"{prefix}:pc:{h}", owner)
         gap, limit, rotation = rng.choice([-1, 0, 2]), rng.choice([0, 0, 3]), rng.randint(0, 99)
-        min_blocks = rng.choice([0, 1, 3])
-        expected = python_pick(candidates, inflight, owners, gap, limit, rotation, min_blocks)
+        min_blocks, costed = rng.choice([0, 1, 3]), rng.random() < 0.7
+        prompt_blocks = len(hashes) + rng.choice([0, 0, 5, 60])
+        decode_cost = rng.choice([0, 4, 30])
+        expected = python_pick(candidates, inflight, work, owners, costed, gap, limit, rotation,
+                               min_blocks, prompt_blocks, decode_cost)
         reply = redis_server.command(*resp_args(redis_state.pick_command(
-            cluster, "me", 60000, rotation, candidates, hashes, gap, limit, 600, min_blocks)))
+            cluster, "me", 60000, rotation, candidates, hashes, costed, gap, limit, 600,
+            min_blocks, str(case), prompt_blocks, decode_cost)))
         if expected == "limit":
             with pytest.raises(redis_state.LimitReached):
                 redis_state.parse_pick(reply)
             continue
         assert redis_state.parse_pick(reply) == expected, (case, candidates, inflight, owners)
-        # ...and the pick is counted for this gateway, the prompt recorded for it.
+        # ...and the pick is counted for this gateway with its work, the prompt recorded for it.
         assert redis_server.command("HGET", f"{prefix}:n:me", expected.address) == b"$1\r\n1\r\n"
+        blocks = prompt_blocks - expected.matched_blocks if costed else 0
+        assert resp.reply(redis_server.command("HGET", f"{prefix}:w:me", expected.address)) == \
+            (str(blocks).encode() if blocks else None)
         for h in hashes:
             assert resp.reply(redis_server.command("GET", f"{prefix}:pc:{h}")) == \
                 expected.address.encode()

@@ -217,7 +217,7 @@ def test_decisions_are_counted_in_plugin_stats(make_host):
     assert host.get_counter_metric("ailb.prefix.hits") == 2
     assert host.get_counter_metric("ailb.prefix.misses") == 1
     assert host.get_counter_metric("ailb.decisions.prefix_cache.prefix_match") == 2
-    assert host.get_counter_metric("ailb.decisions.prefix_cache.least_request") == 1
+    assert host.get_counter_metric("ailb.decisions.prefix_cache.least_load") == 1
     assert len(host.get_metric("ailb.decision_us").samples) == 3
 
 

@@ -132,9 +132,9 @@ def prefix_traffic(host, sent):
     route(host, chat_body(f"{salted} " * 4, cache_salt=salt))
     malformed, other, big = marker("malformed"), marker("notllm"), marker("oversized")
     route(host, b'{"model": "m", "messages": [{"role": "user", "content": "' + malformed.encode()
-          + b" and no end", reason="least_request")
-    route(host, json.dumps({"model": "m", "input": other}).encode(), reason="least_request")
-    route(host, chat_body(f"{big} " * (MAX_BODY // 40)), reason="least_request")
+          + b" and no end", reason="least_load")
+    route(host, json.dumps({"model": "m", "input": other}).encode(), reason="least_load")
+    route(host, chat_body(f"{big} " * (MAX_BODY // 40)), reason="least_load")
     sent += [system, first, second, completion, salt, salted, malformed, other, big]
 
 

@@ -39,7 +39,8 @@ class LBConfig:
     endpoints: tuple = ()                  # stock Envoy: the cluster's replicas
     key_ttl_s: int = 0                     # prefix index entries live this long
     max_request_count: int = 0             # 0: no limit; else local 429 at the limit
-    max_load_gap: int = 0                  # prefix match only within this many in-flight of the least busy
+    max_load_gap: int = 0                  # prefix match only within this many in-flight of the least busy (-1: off)
+    decode_cost: int = 0                   # cost model: prompt blocks per request in flight
     block_size: int = 0                    # bytes per prefix block
     max_blocks: int = 0                    # prefix blocks hashed at most
     index_capacity: int = 0                # embedded prefix index slots
@@ -129,6 +130,7 @@ def parse_doc(doc, path=""):
         key_ttl_s=lb.get("redisKeyTTL"),
         max_request_count=lb.get("maxRequestCount"),
         max_load_gap=lb.get("maxLoadGap"),
+        decode_cost=lb.get("decodeCost"),
         block_size=lb.get("prefixBlockSize"),
         max_blocks=lb.get("maxPrefixBlocks"),
         index_capacity=lb.get("indexCapacity"),

@@ -78,11 +78,17 @@ LB_CONFIG_FIELDS = (
     _f("enableDetailLog", "bool", False, PICKING, "one info log line per decision",
        higress="default true: debug lines with every host's count"),
     # --- prefix_cache ---
-    _f("maxLoadGap", "int", 4, ("prefix_cache",), "a prefix match is followed only if the "
-       "holder has at most this many more requests in flight than the least busy replica",
-       low=0),
-    _f("minMatchRatio", "number", 0.5, ("prefix_cache",), "a prefix match counts only if it "
-       "covers this share of the prompt's blocks", low=0.0, high=1.0),
+    _f("decodeCost", "int", 4, ("prefix_cache",), "the cost model's weight of one request in "
+       "flight on a replica, in prompt blocks to compute (a replica's cost for a request: the "
+       "blocks of its prompt the replica does not hold + the uncached blocks already sent "
+       "there and in flight + decodeCost per request in flight there; the lowest wins)",
+       low=0, high=1 << 20, unit="blocks"),
+    _f("maxLoadGap", "int", -1, ("prefix_cache",), "optional filter: a prefix match counts "
+       "only on a replica with at most this many more requests in flight than the least busy "
+       "one. -1: off (the cost model weighs the load)", low=-1),
+    _f("minMatchRatio", "number", 0.0, ("prefix_cache",), "optional filter: a prefix match "
+       "counts only if it covers this share of the prompt's blocks. 0: off (the cost model "
+       "weighs what a match saves)", low=0.0, high=1.0),
     _f("prefixBlockSize", "int", 64, PREFIX, "bytes of prompt per hashed block", low=16,
        high=4096, unit="bytes"),
     _f("maxPrefixBlocks", "int", 256, PREFIX, "blocks hashed per prompt at most", low=1,

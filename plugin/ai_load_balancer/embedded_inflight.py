@@ -1,7 +1,9 @@
 """In-flight requests per replica, shared by every worker VM of one Envoy process.
 
-One shared record per plugin configuration holds, per VM, its counts and a
-lease: {vm_id: {"until": lease_expiry_ms, "counts": {address: count}}}. Taking
+One shared record per plugin configuration holds, per VM, its counts, the
+prompt work (uncached blocks) of those requests, and a lease:
+{vm_id: {"until": lease_expiry_ms, "counts": {address: count},
+         "work": {address: blocks}}}. Taking
 a replica reads every live VM's counts, picks, and counts the pick in one
 compare-and-swap, so two workers never both see a replica as idle. A VM that
 dies (its VM trapped and was replaced) stops renewing its lease, and its counts
@@ -17,21 +19,22 @@ class EmbeddedInflight:
         self.record = SharedRecord(key, limiter)
         self.vm_id = vm_id
         self.lease_ms = lease_ms
-        self._unreleased = {}  # address -> releases not written yet
+        self._unreleased = {}  # address -> [requests, work] released, not written yet
 
     def create(self):
         """Creates the record if missing. On configure, before any stream counts."""
         self.record.create()
 
     def take(self, choose, now_ms):
-        """choose(inflight: {address: count}) -> a Pick or None. The pick's address
-        is counted for this VM in the same atomic step. Returns the pick; raises
-        GaveUp when the compare-and-swap gave up (nothing counted)."""
+        """choose(inflight: {address: count}, work: {address: blocks}) -> a Pick
+        or None. The pick (and its work) is counted for this VM in the same atomic
+        step. Returns the pick; raises GaveUp when the compare-and-swap gave up
+        (nothing counted)."""
         def change(table):
             mine = self._mine(table, now_ms)
-            pick = choose(_total(table, now_ms, self.vm_id))
+            pick = choose(*_totals(table, now_ms, self.vm_id))
             if pick is not None:
-                mine["counts"][pick.address] = mine["counts"].get(pick.address, 0) + 1
+                _add(mine, pick.address, 1, pick.work)
             return pick
 
         pick = self.record.update(change, "this request goes to the service's own load "
@@ -39,10 +42,12 @@ class EmbeddedInflight:
         self._unreleased.clear()  # written with the pick
         return pick
 
-    def release(self, address, now_ms):
-        """Uncounts one request of this VM to `address`; never below zero, never
-        lost (kept until written). Never raises GaveUp."""
-        self._unreleased[address] = self._unreleased.get(address, 0) + 1
+    def release(self, address, work, now_ms):
+        """Uncounts one request of this VM to `address` and its `work`; never
+        below zero, never lost (kept until written). Never raises GaveUp."""
+        pending = self._unreleased.setdefault(address, [0, 0])
+        pending[0] += 1
+        pending[1] += work
         self._write_pending(now_ms, "the release is written with this worker's next change")
 
     def renew(self, now_ms):
@@ -68,26 +73,34 @@ class EmbeddedInflight:
         for vm in [vm for vm, entry in table.items()
                    if entry["until"] <= now_ms and vm != self.vm_id]:
             del table[vm]
-        mine = table.setdefault(self.vm_id, {"until": 0, "counts": {}})
+        mine = table.setdefault(self.vm_id, {"until": 0, "counts": {}, "work": {}})
         mine["until"] = now_ms + self.lease_ms
-        counts = mine["counts"]
-        for address, n in self._unreleased.items():
-            left = counts.get(address, 0) - n
-            if left > 0:
-                counts[address] = left
-            else:
-                counts.pop(address, None)
+        for address, (n, work) in self._unreleased.items():
+            _add(mine, address, -n, -work)
         return mine
 
     def counts(self, now_ms):
         """{address: in-flight} over every live VM (for logs and tests)."""
-        return _total(self.record.read()[0], now_ms, self.vm_id)
+        return _totals(self.record.read()[0], now_ms, self.vm_id)[0]
 
 
-def _total(table, now_ms, vm_id):
-    total = {}
+def _add(entry, address, n, work):
+    """Adds to one VM's count and work for `address`, dropping what reaches 0."""
+    for field, amount in (("counts", n), ("work", work)):
+        values = entry[field]
+        left = values.get(address, 0) + amount
+        if left > 0:
+            values[address] = left
+        else:
+            values.pop(address, None)
+
+
+def _totals(table, now_ms, vm_id):
+    """({address: in flight}, {address: work in flight}) over the live VMs."""
+    counts, work = {}, {}
     for vm, entry in table.items():
         if entry["until"] > now_ms or vm == vm_id:
-            for address, count in entry["counts"].items():
-                total[address] = total.get(address, 0) + count
-    return total
+            for total, values in ((counts, entry["counts"]), (work, entry["work"])):
+                for address, value in values.items():
+                    total[address] = total.get(address, 0) + value
+    return counts, work

@@ -163,7 +163,8 @@ class LoadBalancerStream(HttpContext):
         if self.awaiting_redis:  # the client left while Redis picked
             self._stop_waiting_on_redis()
         if self.counted_in == "embedded":
-            self.lb.inflight.release(self.pick.address, hostcalls.now_ns() // 1_000_000)
+            self.lb.inflight.release(self.pick.address, self.pick.work,
+                                     hostcalls.now_ns() // 1_000_000)
         elif self.counted_in == "redis":
             self.lb.release_in_redis(self.cluster, self.request_id)
         self.counted_in = None
@@ -216,13 +217,14 @@ class LoadBalancerStream(HttpContext):
         matched, aging = self.lb.prefix_index.matches(self.hashes, now_ns // 1_000_000_000)
         cfg = self.cfg
 
-        def choose(inflight):
+        def choose(inflight, work):
             eligible = picking.under_limit(self.candidates, inflight, cfg.max_request_count)
             if not eligible:
                 raise redis_state.LimitReached()
             if cfg.policy == "prefix_cache":
-                return picking.prefix_match(eligible, inflight, matched, cfg.max_load_gap,
-                                            self.rotation, self._min_blocks())
+                return picking.least_cost(eligible, inflight, work, matched,
+                                          self._prompt_blocks(), cfg.decode_cost, self.rotation,
+                                          self._min_blocks(), cfg.max_load_gap)
             if cfg.policy == "consistent_hash":
                 address, reason = bounded_pick(self.lb.ring(eligible), self._hash_key(),
                                                inflight, cfg.hash_load_factor)
@@ -264,7 +266,7 @@ class LoadBalancerStream(HttpContext):
             matched, aging = self.lb.prefix_index.matches(self.hashes, now_s)
         model = self.request.model if self.request else ""
 
-        def choose(inflight):
+        def choose(inflight, work):
             # Requests sent since the last scrape are not in the replicas' metrics
             # yet: without them, every request until the next scrape would herd
             # onto the replica that looked idle. The counts are this gateway's.
@@ -295,15 +297,20 @@ class LoadBalancerStream(HttpContext):
         """The shortest prefix match that counts (minMatchRatio of the prompt)."""
         return math.ceil(self.cfg.min_match_ratio * len(self.hashes))
 
+    def _prompt_blocks(self):
+        """The prompt's length in prefix blocks (all of it, hashed or not)."""
+        return len(self.request.prompt) // self.cfg.block_size if self.request else 0
+
     # --- Redis ------------------------------------------------------------------------
 
     def _ask_redis(self):
-        gap = self.cfg.max_load_gap if self.cfg.policy == "prefix_cache" else -1
+        cfg = self.cfg
         self.request_id = self.request_id or self.lb.next_request_id()
         command = redis_state.pick_command(
-            self.cluster, self.lb.vm_id, self.cfg.lease_s * 1000, self.rotation,
-            self.candidates, self.hashes, gap, self.cfg.max_request_count, self.cfg.key_ttl_s,
-            self._min_blocks(), self.request_id, self.lb.pick_script_cached)
+            self.cluster, self.lb.vm_id, cfg.lease_s * 1000, self.rotation, self.candidates,
+            self.hashes, cfg.policy == "prefix_cache", cfg.max_load_gap, cfg.max_request_count,
+            cfg.key_ttl_s, self._min_blocks(), self.request_id, self._prompt_blocks(),
+            cfg.decode_cost, self.lb.pick_script_cached)
         try:
             # Owned by the root: its answer arrives even if this stream is gone,
             # so a count Redis made for it can always be released. The stream

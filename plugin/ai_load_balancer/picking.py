@@ -1,6 +1,6 @@
 """The pick rules of global_least_request and prefix_cache. Pure functions.
 
-The Redis store runs the same rules inside one Lua script (redis_scripts.py),
+The Redis store runs the same rules inside one Lua script (redis_state.py),
 so that taking a replica and counting it happen in one atomic step; the tests
 hold the two to the same answers.
 
@@ -16,7 +16,8 @@ class Pick:
     address: str
     inflight: int        # the replica's in-flight count before this request
     matched_blocks: int  # prefix blocks it already holds (0: no prefix match)
-    reason: str          # "least_request" | "prefix_match" | "bounded_load"
+    reason: str          # "least_request" | "prefix_match" | "least_load" | "bounded_load"
+    work: int = 0        # prompt blocks the replica must compute (counted while in flight)
 
 
 def under_limit(addresses, inflight, limit):
@@ -38,28 +39,32 @@ def least_request(addresses, inflight, rotation):
     return Pick(best[0], best[1], 0, "least_request")
 
 
-def prefix_match(addresses, inflight, matched, max_load_gap, rotation, min_blocks=1):
-    """The replica holding the longest prefix of the prompt, among those whose
-    in-flight count is within `max_load_gap` of the least busy one; else the
-    least busy. `matched` maps address -> number of leading blocks it holds;
-    a match shorter than `min_blocks` does not count."""
+def least_cost(addresses, inflight, work, matched, prompt_blocks, decode_cost, rotation,
+               min_blocks=1, max_load_gap=-1):
+    """prefix_cache's pick: the replica where the request would wait least for
+    its first token, in prefill work (prompt blocks): the part of its prompt the
+    replica does not hold, plus the uncached work already sent there and still
+    in flight, plus `decode_cost` per request in flight there. So a request
+    stays with the replica holding its prefix until that replica's queue costs
+    more than the prefix saves. `matched`: address -> leading blocks it holds;
+    `work`: address -> blocks in flight. Optional filters: a match shorter than
+    `min_blocks`, or on a replica more than `max_load_gap` (>= 0) requests above
+    the least busy one, counts as none."""
     min_blocks = max(1, min_blocks)
     fewest = min(inflight.get(a, 0) for a in addresses)
     n = len(addresses)
     best, any_match = None, False
     for i in range(n):
         address = addresses[(rotation + i) % n]
-        blocks, count = matched.get(address, 0), inflight.get(address, 0)
-        if blocks < min_blocks:
-            continue
-        any_match = True
-        if count > fewest + max_load_gap:
-            continue
-        if best is None or blocks > best[1] or (blocks == best[1] and count < best[2]):
-            best = (address, blocks, count)
-    if best is not None:
-        return Pick(best[0], best[2], best[1], "prefix_match")
-    pick = least_request(addresses, inflight, rotation)
-    return Pick(pick.address, pick.inflight, matched.get(pick.address, 0),
-                "bounded_load" if any_match else "least_request")
-
+        count, held = inflight.get(address, 0), matched.get(address, 0)
+        if held < min_blocks:
+            held = 0
+        elif max_load_gap >= 0 and count > fewest + max_load_gap:
+            held, any_match = 0, True
+        held = min(held, prompt_blocks)
+        cost = prompt_blocks - held + work.get(address, 0) + decode_cost * count
+        if best is None or cost < best[1]:
+            best = (address, cost, held, count)
+    address, _, held, count = best
+    reason = "prefix_match" if held else "bounded_load" if any_match else "least_load"
+    return Pick(address, count, held, reason, prompt_blocks - held)

@@ -3,11 +3,12 @@
 Keys, all under one hash tag so a Redis Cluster keeps them in one slot:
   ailb:{<cluster>}:gws          ZSET  gateway VM id -> lease expiry (ms, Redis clock)
   ailb:{<cluster>}:n:<gateway>  HASH  replica address -> requests this gateway has in flight
-  ailb:{<cluster>}:r:<gateway>  HASH  request id -> replica it is counted for
+  ailb:{<cluster>}:w:<gateway>  HASH  replica address -> prompt blocks to compute of those
+  ailb:{<cluster>}:r:<gateway>  HASH  request id -> "<replica> <blocks>" it is counted for
   ailb:{<cluster>}:x:<gateway>:<request id>  STRING  released before its pick ran
   ailb:{<cluster>}:pc:<hash>    STRING replica that last served this prompt-prefix block
 
-The pick script applies picking.py's rules to the sum over live gateways and
+The pick script applies picking.py's rules to the sums over live gateways and
 counts the pick in the same step, so a count can never be read stale by another
 gateway. It records the prompt's blocks for the pick from the first one the
 pick does not hold yet (all of them when the first block has less than half its
@@ -26,34 +27,40 @@ from proxywasm import resp
 
 from .picking import Pick
 
-# ARGV: gateway, lease_ms, rotation, max_load_gap (-1: least request only),
-#       limit (0: none), ttl_s, min_blocks, request id, candidate count,
+# ARGV: gateway, lease_ms, rotation, mode ("cost": prefix_cache's cost model,
+#       "lr": least request), max_load_gap (-1: off), limit (0: none), ttl_s,
+#       min_blocks, request id, prompt blocks, decode cost, candidate count,
 #       candidates..., block hashes...
 PICK_SCRIPT = """
 local p = KEYS[1]
 local gw, lease = ARGV[1], tonumber(ARGV[2])
-local rotation, gap, limit, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local minb = math.max(1, tonumber(ARGV[7]))
-local rid = ARGV[8]
-local total = tonumber(ARGV[9])
-local h0, nh = 9 + total, #ARGV - 9 - total
+local rotation, costed = tonumber(ARGV[3]), ARGV[4] == 'cost'
+local gap, limit, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local minb, rid = math.max(1, tonumber(ARGV[8])), ARGV[9]
+local pblocks, dcost = tonumber(ARGV[10]), tonumber(ARGV[11])
+local total = tonumber(ARGV[12])
+local h0, nh = 12 + total, #ARGV - 12 - total
 if redis.call('DEL', p .. ':x:' .. gw .. ':' .. rid) == 1 then return {'', 0, 0, 'released'} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local inflight = {}
-for i = 1, total do inflight[ARGV[9 + i]] = 0 end
+local inflight, work = {}, {}
+for i = 1, total do inflight[ARGV[12 + i]] = 0 work[ARGV[12 + i]] = 0 end
 redis.call('ZREMRANGEBYSCORE', p .. ':gws', '-inf', now)
 redis.call('ZADD', p .. ':gws', now + lease, gw)
-for _, g in ipairs(redis.call('ZRANGE', p .. ':gws', 0, -1)) do
-  local kv = redis.call('HGETALL', p .. ':n:' .. g)
+local function add(into, key)
+  local kv = redis.call('HGETALL', key)
   for j = 1, #kv, 2 do
     local c = tonumber(kv[j + 1])
-    if inflight[kv[j]] ~= nil and c > 0 then inflight[kv[j]] = inflight[kv[j]] + c end
+    if into[kv[j]] ~= nil and c > 0 then into[kv[j]] = into[kv[j]] + c end
   end
+end
+for _, g in ipairs(redis.call('ZRANGE', p .. ':gws', 0, -1)) do
+  add(inflight, p .. ':n:' .. g)
+  if costed then add(work, p .. ':w:' .. g) end
 end
 local cands = {}
 for i = 1, total do
-  local a = ARGV[9 + i]
+  local a = ARGV[12 + i]
   if limit <= 0 or inflight[a] < limit then cands[#cands + 1] = a end
 end
 if #cands == 0 then return {'', 0, 0, 'limit'} end
@@ -68,31 +75,40 @@ if nh > 0 then
   end
 end
 local n = #cands
-local fewest = nil
-for i = 1, n do
-  if fewest == nil or inflight[cands[i]] < fewest then fewest = inflight[cands[i]] end
-end
-local best, bestm, bestc, anym = nil, 0, 0, false
-for k = 0, n - 1 do
-  local a = cands[(rotation + k) % n + 1]
-  local m, c = matched[a] or 0, inflight[a]
-  if m >= minb then anym = true end
-  if gap >= 0 and m >= minb and c <= fewest + gap then
-    if best == nil or m > bestm or (m == bestm and c < bestc) then best, bestm, bestc = a, m, c end
+local best, bestc, bestm, bestcost, reason = nil, 0, 0, 0, 'least_request'
+if costed then
+  local fewest = nil
+  for i = 1, n do
+    if fewest == nil or inflight[cands[i]] < fewest then fewest = inflight[cands[i]] end
   end
-end
-local reason = 'prefix_match'
-if best == nil then
+  local anym = false
+  for k = 0, n - 1 do
+    local a = cands[(rotation + k) % n + 1]
+    local c, m = inflight[a], matched[a] or 0
+    if m < minb then
+      m = 0
+    elseif gap >= 0 and c > fewest + gap then
+      m, anym = 0, true
+    end
+    if m > pblocks then m = pblocks end
+    local cost = pblocks - m + work[a] + dcost * c
+    if best == nil or cost < bestcost then best, bestc, bestm, bestcost = a, c, m, cost end
+  end
+  reason = (bestm > 0) and 'prefix_match' or (anym and 'bounded_load' or 'least_load')
+else
   for k = 0, n - 1 do
     local a = cands[(rotation + k) % n + 1]
     if best == nil or inflight[a] < bestc then best, bestc = a, inflight[a] end
   end
-  bestm = (gap >= 0) and (matched[best] or 0) or 0
-  reason = (gap >= 0 and anym) and 'bounded_load' or 'least_request'
 end
+local w = costed and (pblocks - bestm) or 0
 redis.call('HINCRBY', p .. ':n:' .. gw, best, 1)
 redis.call('PEXPIRE', p .. ':n:' .. gw, lease)
-redis.call('HSET', p .. ':r:' .. gw, rid, best)
+if w > 0 then
+  redis.call('HINCRBY', p .. ':w:' .. gw, best, w)
+  redis.call('PEXPIRE', p .. ':w:' .. gw, lease)
+end
+redis.call('HSET', p .. ':r:' .. gw, rid, best .. ' ' .. w)
 redis.call('PEXPIRE', p .. ':r:' .. gw, lease)
 local from = 1
 local held = matched[best] or 0
@@ -106,15 +122,22 @@ return {best, bestc, bestm, reason}
 # ARGV: gateway, request id, lease_ms
 RELEASE_SCRIPT = """
 local r = KEYS[1] .. ':r:' .. ARGV[1]
-local a = redis.call('HGET', r, ARGV[2])
-if not a then
+local v = redis.call('HGET', r, ARGV[2])
+if not v then
   redis.call('SET', KEYS[1] .. ':x:' .. ARGV[1] .. ':' .. ARGV[2], 1, 'PX', tonumber(ARGV[3]))
   return 0
 end
 redis.call('HDEL', r, ARGV[2])
+local a, w = string.match(v, '^(.*) (%d+)$')
 local k = KEYS[1] .. ':n:' .. ARGV[1]
 if redis.call('HINCRBY', k, a, -1) <= 0 then redis.call('HDEL', k, a) end
 redis.call('PEXPIRE', k, tonumber(ARGV[3]))
+w = tonumber(w)
+if w > 0 then
+  local kw = KEYS[1] .. ':w:' .. ARGV[1]
+  if redis.call('HINCRBY', kw, a, -w) <= 0 then redis.call('HDEL', kw, a) end
+  redis.call('PEXPIRE', kw, tonumber(ARGV[3]))
+end
 return 1
 """
 
@@ -127,6 +150,7 @@ if redis.call('EXISTS', k) == 1 then
   redis.call('ZADD', KEYS[1] .. ':gws', now + tonumber(ARGV[2]), ARGV[1])
   redis.call('PEXPIRE', k, tonumber(ARGV[2]))
   redis.call('PEXPIRE', KEYS[1] .. ':r:' .. ARGV[1], tonumber(ARGV[2]))
+  redis.call('PEXPIRE', KEYS[1] .. ':w:' .. ARGV[1], tonumber(ARGV[2]))
 end
 return 1
 """
@@ -148,17 +172,18 @@ def key_prefix(cluster):
     return f"ailb:{{{cluster}}}"
 
 
-def pick_command(cluster, gateway, lease_ms, rotation, candidates, hashes=(),
+def pick_command(cluster, gateway, lease_ms, rotation, candidates, hashes=(), costed=False,
                  max_load_gap=-1, limit=0, ttl_s=1800, min_blocks=1, request_id="0",
-                 cached=False):
+                 prompt_blocks=0, decode_cost=0, cached=False):
     """The script call that picks among `candidates` and counts the pick for
-    `request_id` (unique per gateway among its requests in flight). With hashes
-    and a max_load_gap >= 0 it is prefix_cache's pick, otherwise least request.
+    `request_id` (unique per gateway among its requests in flight). `costed`:
+    prefix_cache's pick (picking.least_cost), otherwise least request.
     `cached`: Redis holds the script, send its SHA1 only (EVALSHA)."""
     head = ("EVALSHA", PICK_SHA) if cached else ("EVAL", PICK_SCRIPT)
-    return resp.command(*head, 1, key_prefix(cluster), gateway, lease_ms,
-                        rotation, max_load_gap, limit, ttl_s, min_blocks, request_id,
-                        len(candidates), *candidates, *hashes)
+    return resp.command(*head, 1, key_prefix(cluster), gateway, lease_ms, rotation,
+                        "cost" if costed else "lr", max_load_gap, limit, ttl_s, min_blocks,
+                        request_id, prompt_blocks, decode_cost, len(candidates), *candidates,
+                        *hashes)
 
 
 def parse_pick(reply_bytes):
