@@ -46,6 +46,7 @@ def header(host_functions, callbacks, entry_module):
              "#include <stddef.h>", "#include <stdint.h>",
              f"#define SHIM_NUM_CALLBACKS {len(callbacks)}",
              f'#define SHIM_ENTRY_MODULE "{entry_module}"', ""]
+    lines += [f"#define SHIM_INDEX_{name} {i}" for i, (name, _, _) in enumerate(callbacks)]
     for name, params in host_functions:
         lines.append(f'__attribute__((import_module("env"), import_name("{name}")))')
         lines.append(f"uint32_t {name}({_c_params(params)});")
@@ -118,6 +119,8 @@ def source(host_functions, callbacks, abi_marker):
     for name, _ in host_functions:
         parts.append(f'    {{"{name}", (PyCFunction)(void (*)(void))w_{name}, METH_FASTCALL, NULL}},')
     parts.append('    {"enable_callback", shim_enable_callback, METH_O, NULL},')
+    parts.append('    {"enable_callback_once", (PyCFunction)(void (*)(void))shim_enable_callback_once, '
+                 'METH_FASTCALL, NULL},')
     parts += ["    {NULL, NULL, 0, NULL},", "};",
               "static struct PyModuleDef shim_module = {PyModuleDef_HEAD_INIT, "
               '"_proxywasm_host", "Raw proxy-wasm host functions.", -1, shim_methods};',

@@ -227,6 +227,50 @@ def test_prefix_cache_multi_turn_conversation_sticks(prefix, replicas4):
     assert all(cx_after[w] > cx_before.get(w, 0) for w in cx_after) and len(cx_after) == 2
 
 
+def test_prefix_cache_second_message_that_doubles_the_prompt_stays(prefix, replicas4):
+    """The new part of a prompt may be longer than the cached part: still a match
+    (a ratio rule such as the old minMatchRatio 0.5 moved this turn and recomputed
+    all of it)."""
+    messages = [{"role": "system", "content": SYSTEM},
+                {"role": "user", "content": "Summarise: " + "a long first question. " * 40}]
+    first = check_routed(post_chat(prefix, chat(messages)), replicas4)
+    history = len(chat(messages))
+    messages += [{"role": "assistant", "content": "A summary."},
+                 {"role": "user", "content": "Now this: " + "a longer new question. " * 80}]
+    assert len(chat(messages)) > 2 * history  # the new message outweighs the history
+    for other in range(3):  # other users in between
+        check_routed(post_chat(prefix, chat([{"role": "user", "content": f"hi {other}"}])),
+                     replicas4)
+    second = check_routed(post_chat(prefix, chat(messages)), replicas4)
+    assert (second["address"], second["reason"]) == (first["address"], "prefix_match"), second
+    assert second["matched_blocks"] >= history // 64 - 1
+
+
+def test_prefix_cache_hot_system_prompt_does_not_pull_every_conversation_to_one_replica(
+        prefix, replicas4):
+    """Every new conversation starts with one shared system prompt. Sent one at
+    a time they may all reuse it on one replica; arriving together (each held
+    in flight), the prompt work queued on its holder soon costs more than the
+    shared prefix saves, and the rest spread."""
+    first = check_routed(post_chat(prefix, chat([{"role": "system", "content": SYSTEM},
+                                                 {"role": "user", "content": "warm up"}])),
+                         replicas4)
+    replicas4.reset()
+    burst = [{"method": "POST", "path": CHAT_PATH,
+              "headers": {**JSON, HOLD_HEADER: "1500"},
+              "body": chat([{"role": "system", "content": SYSTEM},
+                            {"role": "user", "content": f"Conversation {i}: "
+                                                        + f"question {i * 7919} " * 30}])}
+             for i in range(16)]
+    decisions = [check_routed(r, replicas4) for r in harness.run_requests(prefix.port, burst,
+                                                                          timeout=30)]
+    per_replica = {name: n for name, n in replicas4.counts().items() if n}
+    assert max(per_replica.values()) <= 8 and len(per_replica) >= 3, (per_replica, decisions)
+    reused = [d for d in decisions if d["reason"] == "prefix_match"]
+    assert reused and all(d["matched_blocks"] >= len(SYSTEM) // 64 - 2 for d in reused)
+    assert any(d["address"] == first["address"] for d in reused)
+
+
 def test_prefix_cache_shared_document_two_questions(prefix, replicas4):
     first = check_routed(post_chat(prefix, chat([
         {"role": "system", "content": DOCUMENT},

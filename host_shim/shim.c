@@ -133,22 +133,71 @@ fail:
     return -1;
 }
 
-PyObject *shim_enable_callback(PyObject *self, PyObject *name) {
-    const char *wanted = PyUnicode_AsUTF8(name);
-    if (wanted == NULL) return NULL;
+/* The index of callback `name`, or -1 with a ValueError set. */
+static int shim_callback_index(const char *name) {
     for (int i = 0; i < SHIM_NUM_CALLBACKS; i++) {
-        if (strcmp(shim_callback_names[i], wanted) != 0) continue;
-        if (shim_callables[i] == NULL) {
-            PyObject *dispatcher = PyImport_ImportModule("proxywasm.dispatcher");
-            if (dispatcher == NULL) return NULL;
-            shim_callables[i] = PyObject_GetAttrString(dispatcher, wanted);
-            Py_DECREF(dispatcher);
-            if (shim_callables[i] == NULL) return NULL;
-        }
-        Py_RETURN_NONE;
+        if (strcmp(shim_callback_names[i], name) == 0) return i;
     }
-    PyErr_Format(PyExc_ValueError, "no callback named %s", wanted);
-    return NULL;
+    PyErr_Format(PyExc_ValueError, "no callback named %s", name);
+    return -1;
+}
+
+/* Sets *slot to dispatcher.<name> unless set already; -1 on error. */
+static int shim_load_callable(PyObject **slot, const char *name) {
+    if (*slot != NULL) return 0;
+    PyObject *dispatcher = PyImport_ImportModule("proxywasm.dispatcher");
+    if (dispatcher == NULL) return -1;
+    *slot = PyObject_GetAttrString(dispatcher, name);
+    Py_DECREF(dispatcher);
+    return *slot == NULL ? -1 : 0;
+}
+
+PyObject *shim_enable_callback(PyObject *self, PyObject *name) {
+    (void)self;
+    const char *wanted = PyUnicode_AsUTF8(name);
+    int i = wanted == NULL ? -1 : shim_callback_index(wanted);
+    if (i < 0 || shim_load_callable(&shim_callables[i], wanted) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* One call of a callback left to the host, for one context: a short list,
+   (callback index, context id) pairs, scanned on that callback only. */
+typedef struct { int index; uint32_t context; } shim_once_t;
+static shim_once_t *shim_once;
+static int shim_once_count, shim_once_capacity;
+static PyObject *shim_once_callables[SHIM_NUM_CALLBACKS];
+
+PyObject *shim_enable_callback_once(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    uint32_t context;
+    if (shim_arity("enable_callback_once", 2, nargs) || shim_u32(args[1], &context)) return NULL;
+    const char *wanted = PyUnicode_AsUTF8(args[0]);
+    int i = wanted == NULL ? -1 : shim_callback_index(wanted);
+    if (i < 0 || shim_load_callable(&shim_once_callables[i], wanted) < 0) return NULL;
+    if (shim_once_count == shim_once_capacity) {
+        int capacity = shim_once_capacity ? 2 * shim_once_capacity : 64;
+        shim_once_t *grown = realloc(shim_once, capacity * sizeof *grown);
+        if (grown == NULL) return PyErr_NoMemory();
+        shim_once = grown;
+        shim_once_capacity = capacity;
+    }
+    shim_once[shim_once_count++] = (shim_once_t){i, context};
+    Py_RETURN_NONE;
+}
+
+/* Removes the pairs of `context` (of callback `index`, or of any when -1);
+   returns how many. */
+static int shim_once_take(int index, uint32_t context) {
+    int taken = 0;
+    for (int i = 0; i < shim_once_count;) {
+        if (shim_once[i].context == context && (index < 0 || shim_once[i].index == index)) {
+            shim_once[i] = shim_once[--shim_once_count];
+            taken++;
+        } else {
+            i++;
+        }
+    }
+    return taken;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -158,7 +207,16 @@ uint32_t shim_dispatch(int index, const uint32_t *args, int nargs, uint32_t fall
     if (shim_state == SHIM_COLD) {
         shim_state = shim_start_python() == 0 ? SHIM_READY : SHIM_BROKEN;
     }
-    if (shim_state != SHIM_READY || shim_callables[index] == NULL) return fallback;
+    if (shim_state != SHIM_READY) return fallback;
+    PyObject *callable = shim_callables[index];
+    if (shim_once_count) {
+        if (index == SHIM_INDEX_proxy_on_delete) {
+            shim_once_take(-1, args[0]);
+        } else if (callable == NULL && shim_once_take(index, args[0])) {
+            callable = shim_once_callables[index];
+        }
+    }
+    if (callable == NULL) return fallback;
 
     PyObject *pyargs[SHIM_MAX_CALLBACK_ARGS];
     for (int i = 0; i < nargs; i++) {
@@ -169,7 +227,7 @@ uint32_t shim_dispatch(int index, const uint32_t *args, int nargs, uint32_t fall
             return fallback;
         }
     }
-    PyObject *result = PyObject_Vectorcall(shim_callables[index], pyargs, nargs, NULL);
+    PyObject *result = PyObject_Vectorcall(callable, pyargs, nargs, NULL);
     for (int i = 0; i < nargs; i++) Py_DECREF(pyargs[i]);
 
     uint32_t value = fallback;

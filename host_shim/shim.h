@@ -21,6 +21,10 @@ uint32_t shim_dispatch(int index, const uint32_t *args, int nargs, uint32_t fall
 /* _proxywasm_host.enable_callback(name): from now on the callback `name`, which
    the plugin left to the host at start, enters Python (dispatcher.<name>). */
 PyObject *shim_enable_callback(PyObject *self, PyObject *name);
+/* _proxywasm_host.enable_callback_once(name, context_id): the next call of the
+   callback `name` (left to the host) for that context enters Python, once;
+   forgotten when the context is deleted. */
+PyObject *shim_enable_callback_once(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 int shim_arity(const char *name, Py_ssize_t expected, Py_ssize_t got);
 int shim_u32(PyObject *obj, uint32_t *out);
 int shim_i32(PyObject *obj, int32_t *out);

@@ -85,14 +85,15 @@ def finish(host, cid, respond=True):
     host.complete_http_context(cid)
 
 
-def embedded_inflight(host):
-    """{replica: in flight} summed over the VMs, from the gateway's shared data."""
+def embedded_inflight(host, field="counts"):
+    """{replica: in flight} summed over the VMs, from the gateway's shared data;
+    field="work": the prompt blocks still to compute instead."""
     counts = {}
     for key, value in host.shared.data().items():
         key = key.decode() if isinstance(key, bytes) else key
         if key.startswith("ailb:inflight:"):
             for entry in json.loads(value).values():
-                for address, n in entry["counts"].items():
+                for address, n in entry[field].items():
                     counts[address] = counts.get(address, 0) + n
     return counts
 

@@ -291,6 +291,30 @@ def test_redis_releases_are_idempotent_and_may_come_before_their_pick(redis_serv
     assert count() is None
 
 
+def test_redis_prompt_work_is_uncounted_at_the_first_byte_then_with_the_request(redis_server):
+    cluster = "outbound|80||work"
+    prefix = redis_state.key_prefix(cluster)
+    redis_server.command("DEL", f"{prefix}:n:me", f"{prefix}:w:me", f"{prefix}:r:me")
+
+    def run(command):
+        return redis_server.command(*resp_args(command))
+
+    def state():
+        return [resp.reply(redis_server.command("HGET", f"{prefix}:{kind}:me", A))
+                for kind in ("n", "w")]
+
+    run(redis_state.pick_command(cluster, "me", 60000, 0, [A], costed=True, request_id="7",
+                                 prompt_blocks=30, decode_cost=4))
+    assert state() == [b"1", b"30"]
+    for _ in range(2):  # idempotent
+        run(redis_state.release_command(cluster, "me", "7", 60000, work_only=True))
+        assert state() == [b"1", None]
+    run(redis_state.release_command(cluster, "me", "7", 60000))
+    assert state() == [None, None]
+    run(redis_state.release_command(cluster, "me", "8", 60000, work_only=True))  # no pick:
+    assert resp.reply(redis_server.command("EXISTS", f"{prefix}:x:me:8")) == 0  # no marker
+
+
 def test_least_busy_config_and_higress_aliases():
     for name in ("least_busy", "endpoint_metrics", "metrics_based"):
         cfg, warnings = config.parse_doc({"lb_policy": name, "lb_config": {

@@ -7,8 +7,9 @@ import pytest
 from ai_load_balancer import llm_request, prefix_hash
 from proxywasm import resp
 from proxywasm.context import CONTINUE, PAUSE
-from tests.llm_traffic import (CLUSTER, REPLICAS, chat_body, clear_redis, decision, finish, pinned,
-                               redis_calls, redis_inflight, send, start)
+from tests.llm_traffic import (CLUSTER, REPLICAS, chat_body, clear_redis, decision,
+                               embedded_inflight, finish, pinned, redis_calls, redis_inflight,
+                               send, start)
 
 SYSTEM = "You are a careful assistant. Answer in English. " * 8   # ~390 bytes, 6 blocks
 DOCUMENT = "".join(f"Clause {i}: the tenant pays rent on day {i % 28 + 1}. " for i in range(120))
@@ -181,3 +182,48 @@ def test_debug_header_is_off_by_default(make_host, policy):
         "endpoints": REPLICAS}}).encode())
     cid, _ = send(host, chat_body("hello"))
     assert decision(host, cid) is None and pinned(host, cid) in REPLICAS
+
+
+def test_prompt_work_counts_until_the_first_answer_byte(make_host):
+    host = start(make_host, "prefix_cache")
+    body = chat_body(DOCUMENT, "q1")
+    cid, _ = send(host, body)
+    address = pinned(host, cid)
+    blocks = len(llm_request.parse(body).prompt) // 64
+    assert embedded_inflight(host, "work") == {address: blocks}
+    host.call_on_response_headers(cid, [(":status", "200")], end_of_stream=False)
+    host.call_on_response_body(cid, b"data: {}\n\n", end_of_stream=False)
+    assert embedded_inflight(host, "work") == {}  # computed: it no longer waits there
+    assert embedded_inflight(host) == {address: 1}  # ...but it is still in flight
+    host.call_on_response_body(cid, b"data: [DONE]\n\n", end_of_stream=True)
+    host.complete_http_context(cid)
+    assert embedded_inflight(host) == {} and embedded_inflight(host, "work") == {}
+
+
+def test_prompt_work_counts_until_the_first_answer_byte_in_redis(make_host, redis_server):
+    clear_redis(redis_server)
+    host = start(make_host, "prefix_cache", target="higress", redis_server=redis_server)
+    body = chat_body(DOCUMENT, "q1")
+    cid, _ = send(host, body)
+    host.run_callouts()
+    address = pinned(host, cid)
+    work_key = f"ailb:{{{CLUSTER}}}:w:*"
+    blocks = len(llm_request.parse(body).prompt) // 64
+    assert redis_work(redis_server, work_key) == {address: blocks}
+    host.call_on_response_headers(cid, [(":status", "200")], end_of_stream=False)
+    host.call_on_response_body(cid, b"data: {}\n\n", end_of_stream=False)
+    host.run_callouts()
+    assert redis_work(redis_server, work_key) == {}
+    assert redis_inflight(redis_server) == {address: 1}
+    finish(host, cid)
+    host.run_callouts()
+    assert redis_inflight(redis_server) == {}
+
+
+def redis_work(redis_server, pattern):
+    work = {}
+    for key in redis_keys(redis_server, pattern):
+        pairs = resp.reply(redis_server.command("HGETALL", key))
+        for address, n in zip(pairs[::2], pairs[1::2]):
+            work[address.decode()] = work.get(address.decode(), 0) + int(n)
+    return work

@@ -49,3 +49,24 @@ def test_an_overridden_response_body_still_runs_for_every_chunk(make_host):
                                                         "proxy_on_done"]
     stream_answer(host)
     assert f"chunks={len(CHUNKS)} last_size={len(CHUNKS[-1])}" in host.logs_text()
+
+
+def test_want_once_brings_one_streams_first_chunk_only_into_python(make_host):
+    host = make_host(entry="once_plugin", configuration=b"")
+    assert "proxy_on_response_body" in answered_without_python(host, make_host)
+    for once in (True, False, True):
+        cid = host.init_http_context()
+        headers = [(":method", "GET"), (":path", "/"), (":authority", "svc")]
+        host.call_on_request_headers(cid, headers + ([("x-once", "1")] if once else []), True)
+        host.call_on_response_headers(cid, [(":status", "200")], False)
+        for i, chunk in enumerate(CHUNKS):
+            assert host.call_on_response_body(cid, chunk, i == len(CHUNKS) - 1) == CONTINUE
+        host.complete_http_context(cid)
+        assert f"stream {cid}: chunks={1 if once else 0}" in host.logs_text()
+    # A stream that asked and got no answer body: forgotten with its context.
+    cid = host.init_http_context()
+    host.call_on_request_headers(cid, [(":method", "GET"), (":path", "/"),
+                                       (":authority", "svc"), ("x-once", "1")], True)
+    host.complete_http_context(cid)
+    assert f"stream {cid}: chunks=0" in host.logs_text()
+    assert host.get_error_logs() == [], host.logs_text()

@@ -148,6 +148,17 @@ class Balancer:
         self.request_ids += 1
         return str(self.request_ids)
 
+    def work_done_in_redis(self, cluster, request_id):
+        """Uncounts the prompt work of request `request_id` (its first answer
+        byte came). Not retried: should it be lost, the request's release
+        uncounts the work too."""
+        try:
+            hostcalls.redis_call(self.redis, redis_state.release_command(
+                cluster, self.vm_id, request_id, self.config.lease_s * 1000, work_only=True))
+        except Exception as exc:
+            self.limiter.log(hostcalls.WARN, "release", f"{self.name}: Redis work release not "
+                             f"sent ({exc})")
+
     def release_in_redis(self, cluster, request_id):
         """Uncounts request `request_id` in Redis, whether its pick ran or
         still may. Idempotent, so sent again on every tick until Redis confirms

@@ -42,11 +42,11 @@ class EmbeddedInflight:
         self._unreleased.clear()  # written with the pick
         return pick
 
-    def release(self, address, work, now_ms):
-        """Uncounts one request of this VM to `address` and its `work`; never
-        below zero, never lost (kept until written). Never raises GaveUp."""
+    def release(self, address, requests, work, now_ms):
+        """Uncounts `requests` of this VM to `address` and `work`; never below
+        zero, never lost (kept until written). Never raises GaveUp."""
         pending = self._unreleased.setdefault(address, [0, 0])
-        pending[0] += 1
+        pending[0] += requests
         pending[1] += work
         self._write_pending(now_ms, "the release is written with this worker's next change")
 

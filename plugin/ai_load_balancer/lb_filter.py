@@ -12,6 +12,7 @@ service's own load balancing.
 import json
 import math
 import os
+from dataclasses import replace
 
 from proxywasm import CONTINUE, PAUSE, HttpContext, hostcalls, resp
 
@@ -30,7 +31,9 @@ METRICS = ("least_busy", "queue_depth")
 
 
 class LoadBalancerStream(HttpContext):
-    on_demand = ("on_response_body",)  # only cluster_metrics times the first answer byte
+    # The first answer byte: cluster_metrics times it (every stream); prefix_cache
+    # uncounts the prompt work then (want_once: that stream's first chunk only).
+    on_demand = ("on_response_body",)
 
     def __init__(self, context_id, root):
         super().__init__(context_id, root)
@@ -116,10 +119,24 @@ class LoadBalancerStream(HttpContext):
         return (hostcalls.now_ns() - self.started_ns) / 1e6
 
     def on_response_body(self, body_size, end_of_stream):
-        if self.service is not None and not self.first_byte_seen:
-            self.first_byte_seen = True  # lb_type cluster: time to the first answer byte
+        if self.first_byte_seen:
+            return CONTINUE
+        self.first_byte_seen = True
+        if self.service is not None:  # lb_type cluster: time to the first answer byte
             self.lb.services.first_byte(self.service, self._elapsed_ms(), self.status == "200")
+        elif self.pick is not None and self.pick.work:
+            self._prefilled()
         return CONTINUE
+
+    def _prefilled(self):
+        """The first answer byte: the replica computed the prompt, its work no
+        longer waits there (the request still counts until it ends)."""
+        work, self.pick = self.pick.work, replace(self.pick, work=0)
+        if self.counted_in == "embedded":
+            self.lb.inflight.release(self.pick.address, 0, work,
+                                     hostcalls.now_ns() // 1_000_000)
+        elif self.counted_in == "redis":
+            self.lb.work_done_in_redis(self.cluster, self.request_id)
 
     def _too_large(self, size):
         self.lb.limiter.log(hostcalls.WARN, "large body", f"body of {size} bytes is over "
@@ -163,7 +180,7 @@ class LoadBalancerStream(HttpContext):
         if self.awaiting_redis:  # the client left while Redis picked
             self._stop_waiting_on_redis()
         if self.counted_in == "embedded":
-            self.lb.inflight.release(self.pick.address, self.pick.work,
+            self.lb.inflight.release(self.pick.address, 1, self.pick.work,
                                      hostcalls.now_ns() // 1_000_000)
         elif self.counted_in == "redis":
             self.lb.release_in_redis(self.cluster, self.request_id)
@@ -362,6 +379,8 @@ class LoadBalancerStream(HttpContext):
         else:
             self.state, self.counted_in = "redis", "redis"
             self.lb.redis_clusters.add(self.cluster)
+            if self.cfg.policy == "prefix_cache":  # the work the script counted
+                pick = replace(pick, work=self._prompt_blocks() - pick.matched_blocks)
             action = self._apply(pick)
         if action == CONTINUE:
             self.resume_request()
@@ -394,6 +413,8 @@ class LoadBalancerStream(HttpContext):
         """Pins the pick, then up to `failoverEndpoints` other usable replicas
         (Envoy's retries take them in order; Higress pins one host)."""
         self.pick = pick
+        if pick.work:
+            self.want_once("on_response_body")  # uncount the work at the first byte
         n = len(self.candidates)
         others = [self.candidates[(self.rotation + i) % n] for i in range(n)]
         fallbacks = [a for a in others if a != pick.address][:self.cfg.failover]

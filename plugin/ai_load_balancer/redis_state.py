@@ -119,19 +119,27 @@ for i = from, nh do redis.call('SET', p .. ':pc:' .. ARGV[h0 + i], best, 'EX', t
 return {best, bestc, bestm, reason}
 """
 
-# ARGV: gateway, request id, lease_ms
+# ARGV: gateway, request id, lease_ms, what ("request": the request ended;
+#       "work": its prompt is computed, it still counts as in flight)
 RELEASE_SCRIPT = """
 local r = KEYS[1] .. ':r:' .. ARGV[1]
 local v = redis.call('HGET', r, ARGV[2])
+local whole = ARGV[4] ~= 'work'
 if not v then
-  redis.call('SET', KEYS[1] .. ':x:' .. ARGV[1] .. ':' .. ARGV[2], 1, 'PX', tonumber(ARGV[3]))
+  if whole then
+    redis.call('SET', KEYS[1] .. ':x:' .. ARGV[1] .. ':' .. ARGV[2], 1, 'PX', tonumber(ARGV[3]))
+  end
   return 0
 end
-redis.call('HDEL', r, ARGV[2])
 local a, w = string.match(v, '^(.*) (%d+)$')
-local k = KEYS[1] .. ':n:' .. ARGV[1]
-if redis.call('HINCRBY', k, a, -1) <= 0 then redis.call('HDEL', k, a) end
-redis.call('PEXPIRE', k, tonumber(ARGV[3]))
+if whole then
+  redis.call('HDEL', r, ARGV[2])
+  local k = KEYS[1] .. ':n:' .. ARGV[1]
+  if redis.call('HINCRBY', k, a, -1) <= 0 then redis.call('HDEL', k, a) end
+  redis.call('PEXPIRE', k, tonumber(ARGV[3]))
+else
+  redis.call('HSET', r, ARGV[2], a .. ' 0')
+end
 w = tonumber(w)
 if w > 0 then
   local kw = KEYS[1] .. ':w:' .. ARGV[1]
@@ -205,11 +213,12 @@ def parse_pick(reply_bytes):
     return pick
 
 
-def release_command(cluster, gateway, request_id, lease_ms):
+def release_command(cluster, gateway, request_id, lease_ms, work_only=False):
     """Uncounts request `request_id` of `gateway`, whether its pick ran already
-    or runs later. Idempotent: send it again until Redis answers."""
+    or runs later; `work_only`: only its prompt work (computed), the request
+    still in flight. Idempotent: send it again until Redis answers."""
     return resp.command("EVAL", RELEASE_SCRIPT, 1, key_prefix(cluster), gateway, request_id,
-                        lease_ms)
+                        lease_ms, "work" if work_only else "request")
 
 
 def renew_command(cluster, gateway, lease_ms):

@@ -64,6 +64,15 @@ def enable_callback(name):
         enable(name)
 
 
+def enable_callback_once(name, context_id):
+    """Makes the host enter Python for the next call of callback `name` (left
+    to the host) for context `context_id`, once. A no-op where every callback
+    enters."""
+    enable = getattr(_host, "enable_callback_once", None)
+    if enable is not None:
+        enable(name, context_id)
+
+
 def call(function, *args):
     """Calls a host function; returns its outs (None, one value, or a tuple).
 

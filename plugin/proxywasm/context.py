@@ -4,7 +4,7 @@ A RootContext lives as long as the plugin configuration in one VM (one per
 Envoy worker); it makes an HttpContext for every stream.
 """
 
-from . import callouts, hostcalls
+from . import abi, callouts, hostcalls
 
 # What on_request_headers / on_request_body / ... return.
 CONTINUE = 0
@@ -91,6 +91,12 @@ class HttpContext(Context):
 
     def on_delete(self):
         """The context is gone; no host calls about its stream any more."""
+
+    def want_once(self, method):
+        """This stream's next `method` call (one of `on_demand`) enters Python,
+        once, e.g. on_response_body for the first answer byte only: the other
+        streams and this one's later chunks cost no Python call. Any callback."""
+        abi.enable_callback_once(f"proxy_{method}", self.context_id)
 
     def resume_request(self):
         """Continues a request paused by returning PAUSE. Safe to call twice."""

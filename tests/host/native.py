@@ -48,7 +48,9 @@ class NativePlugin:
         self._purge()
         abi = importlib.import_module("proxywasm.abi")
         abi.bind(HostNamespace({**emulator.host_functions(),
-                                "enable_callback": self._enable_callback}))
+                                "enable_callback": self._enable_callback,
+                                "enable_callback_once": self._enable_callback_once}))
+        self._once = set()  # (callback, context id): one call enters Python
         self.module = importlib.import_module(entry)
         self.dispatcher = importlib.import_module("proxywasm.dispatcher")
         self.abi = abi
@@ -61,6 +63,10 @@ class NativePlugin:
     def _enable_callback(self, name):
         """As the shim's _proxywasm_host.enable_callback: `name` enters Python now."""
         self._callbacks[name] = getattr(self.dispatcher, name)
+
+    def _enable_callback_once(self, name, context_id):
+        """As the shim's _proxywasm_host.enable_callback_once."""
+        self._once.add((name, context_id))
 
     def _owned(self, name):
         return any(name == root or name.startswith(root + ".") for root in self._roots)
@@ -81,6 +87,12 @@ class NativePlugin:
 
     def call(self, callback, *args):
         handler = self._callbacks[callback]
+        if self._once:  # as the shim: a deleted context's pairs are forgotten
+            if callback == "proxy_on_delete":
+                self._once = {(n, c) for n, c in self._once if c != args[0]}
+            elif handler is None and (callback, args[0]) in self._once:
+                self._once.discard((callback, args[0]))
+                handler = getattr(self.dispatcher, callback)
         if handler is None:
             return abi_table.RESULT_WITHOUT_PYTHON.get(callback, 0)
         self._activate()
