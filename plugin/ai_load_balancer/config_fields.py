@@ -78,10 +78,11 @@ LB_CONFIG_FIELDS = (
     _f("enableDetailLog", "bool", False, PICKING, "one info log line per decision",
        higress="default true: debug lines with every host's count"),
     # --- prefix_cache ---
-    _f("decodeCost", "int", 4, ("prefix_cache",), "the cost model's weight of one request in "
+    _f("decodeCost", "int", 16, ("prefix_cache",), "the cost model's weight of one request in "
        "flight on a replica, in prompt blocks to compute (a replica's cost for a request: the "
-       "blocks of its prompt the replica does not hold + the uncached blocks already sent "
-       "there and in flight + decodeCost per request in flight there; the lowest wins)",
+       "blocks of its prompt the replica does not hold + the uncached blocks sent there "
+       "whose first answer byte has not come + decodeCost per request in flight there; the "
+       "lowest wins)",
        low=0, high=1 << 20, unit="blocks"),
     _f("maxLoadGap", "int", -1, ("prefix_cache",), "optional filter: a prefix match counts "
        "only on a replica with at most this many more requests in flight than the least busy "
