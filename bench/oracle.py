@@ -10,13 +10,15 @@ the plugin's `header` policy (x-ailb-endpoint), to the replica that holds the
 longest prefix of its prompt, among the replicas with at most `load_gap` more
 requests in flight than the least busy one; a match shorter than `min_match`
 of the prompt's blocks does not count; no match: the least busy replica. These
-are prefix_cache's rules and defaults (maxLoadGap 4, minMatchRatio 0.5: without
-them one hot prefix, e.g. a shared system prompt, pulls every new conversation
-to one replica), applied with exact knowledge instead of estimates.
+were prefix_cache's rules and defaults before its cost model (maxLoadGap 4,
+minMatchRatio 0.5: without them one hot prefix, e.g. a shared system prompt,
+pulls every new conversation to one replica), applied with exact knowledge
+instead of estimates.
 
-So prefix_cache vs the oracle isolates what estimating costs (the gateway only
-sees what it routed, keeps one replica per block, cannot see evictions, counts
-in-flight requests per gateway).
+So the oracle shows what exact cache knowledge buys with simple rules; the
+gateway only sees what it routed, keeps one replica per block, cannot see
+evictions, and counts in-flight requests per gateway. It is not a bound: a
+better rule on estimates can beat it.
 
 `Ceiling` is the physical limit: the share of prompt tokens that some earlier
 request of the run already computed (any replica, an unbounded cache): no

@@ -234,8 +234,8 @@ def render_markdown(doc, out_dir):
         "completion tokens / (first send -> last answer). Oracle: pinned by the client "
         f"(plugin `header` policy) to the replica its exact cache model says holds the longest "
         f"prefix, within {doc['oracle_gap']} in-flight requests of the least busy, a match "
-        f"counting from {doc['oracle_min_match']:.0%} of the prompt (prefix_cache's rules with "
-        "exact knowledge; bench/oracle.py). Ceiling: the share of prompt tokens some earlier request "
+        f"counting from {doc['oracle_min_match']:.0%} of the prompt (prefix_cache's rules before "
+        "its cost model, with exact knowledge; bench/oracle.py). Ceiling: the share of prompt tokens some earlier request "
         "already computed (any replica, unbounded cache): no routing can hit more.",
         "",
     ]
