@@ -181,7 +181,11 @@ class ReplicaSet:
         self.replicas = list(replicas)
 
     @classmethod
-    def start(cls, count, behaviours=None, prefix="r"):
+    def start(cls, count, behaviours=None, prefix="r", handler=None):
+        """`count` replicas; with `handler`, each answers through its own
+        Behaviour(handler=handler)."""
+        if handler is not None:
+            behaviours = [Behaviour(handler=handler) for _ in range(count)]
         behaviours = behaviours or [None] * count
         return cls(Replica(f"{prefix}{i}", behaviours[i]) for i in range(count))
 

@@ -31,8 +31,7 @@ def set_waiting(replica, waiting):
 
 @pytest.fixture(scope="module")
 def fleet():
-    behaviours = [harness.Behaviour(handler=metrics_handler) for _ in range(3)]
-    with harness.ReplicaSet.start(3, behaviours) as replicas:
+    with harness.ReplicaSet.start(3, handler=metrics_handler) as replicas:
         yield replicas
 
 

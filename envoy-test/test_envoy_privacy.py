@@ -62,8 +62,7 @@ def metrics_handler(replica, request):
 
 @pytest.fixture(scope="module")
 def fleet():
-    behaviours = [harness.Behaviour(handler=metrics_handler) for _ in range(3)]
-    with harness.ReplicaSet.start(3, behaviours) as replicas:
+    with harness.ReplicaSet.start(3, handler=metrics_handler) as replicas:
         yield replicas
 
 
