@@ -43,8 +43,9 @@ def least_cost(addresses, inflight, work, matched, prompt_blocks, decode_cost, r
                min_blocks=1, max_load_gap=-1):
     """prefix_cache's pick: the replica where the request would wait least for
     its first token, in prefill work (prompt blocks): the part of its prompt the
-    replica does not hold, plus the uncached work already sent there and still
-    in flight, plus `decode_cost` per request in flight there. So a request
+    replica does not hold, plus the uncached work sent there whose first answer
+    byte has not come (still being computed), plus `decode_cost` per request in
+    flight there. So a request
     stays with the replica holding its prefix until that replica's queue costs
     more than the prefix saves. `matched`: address -> leading blocks it holds;
     `work`: address -> blocks in flight. Optional filters: a match shorter than
