@@ -65,3 +65,19 @@ def test_a_health_transition_that_loses_every_race_is_applied_on_the_next_tick(
         picks.add(pinned(host, cid))
         finish(host, cid)
     assert picks == {fleet.addresses[1]}
+
+
+def test_on_higress_a_lost_passive_health_change_is_applied_on_the_next_tick(make_host):
+    # Higress checks health itself: this gateway never probes, but its passive
+    # changes that lost their races must still land.
+    host = start(make_host, "round_robin", target="higress",
+                 healthCheck={"consecutiveErrors": 1, "baseEjectionTime": 60000})
+    host.shared.lose_cas_races("ailb:health:", TRIES)
+    cid, _ = send(host)
+    bad = pinned(host, cid)
+    host.call_on_response_headers(cid, [(":status", "503")], end_of_stream=True)
+    host.complete_http_context(cid)
+    assert gave_up(host) == 1
+    assert not any("is unhealthy" in m for m in host.get_logs())
+    host.tick()
+    assert any(f"endpoint {bad} is unhealthy" in m for m in host.get_logs()), host.logs_text()

@@ -119,6 +119,7 @@ class Balancer:
         # Each step on its own: one that raises does not skip the others.
         run_isolated("Redis connect", self.connect_redis)
         run_isolated("lease renewal", self.inflight.renew, now_ms)
+        run_isolated("health changes", self.health.write_unwritten)
         if not endpoints.lists_hosts():  # Higress checks health itself
             run_isolated("health checks", self.health.tick, self.root, self.config.endpoints,
                          now_ms)

@@ -122,9 +122,7 @@ class Health:
     # --- active: the elected VM, from the root's tick ----------------------------------------
 
     def tick(self, root, endpoints, now_ms):
-        """Applies changes that gave up earlier; probes every replica when due.
-        Only the lease holder probes."""
-        self._write_unwritten()
+        """Probes every replica when due. Only the lease holder does."""
         if not self.cfg.active or not self.cluster or not self.lease.hold(now_ms):
             return
         if now_ms < self._next_due_ms:
@@ -205,7 +203,9 @@ class Health:
             stats.count(f"ailb.health.{stats.label(address)}.{state}")
         return True
 
-    def _write_unwritten(self):
+    def write_unwritten(self):
+        """Applies the changes that gave up earlier, in order. Root's tick,
+        whether or not this gateway probes (Higress: passive checks only)."""
         waiting, self._unwritten = self._unwritten, []
         for i, (address, change) in enumerate(waiting):
             if not self._write(address, change):
