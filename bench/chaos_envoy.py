@@ -37,7 +37,7 @@ HOLD_PATH = "/chaos/hold"
 TOKENS, TOKEN_DELAY_S = 8, 0.015        # a streamed answer: 8 SSE chunks, ~120 ms
 TRAP = re.compile(r"Function: \S+ failed|Uncaught |Wasm VM failed|wasm trap", re.I)
 TRACEBACK = "Traceback (most recent call last)"
-CAS_GIVE_UP = "compare-and-swap attempts lost"   # embedded_inflight.Contention
+CAS_GIVE_UP = "compare-and-swap attempts on"   # shared_record: a give-up, logged
 RETRY_STATS = (r"^cluster\.backend\.(upstream_rq_retry|upstream_rq_retry_success|"
                r"upstream_rq_retry_limit_exceeded|upstream_rq_retry_overflow|"
                r"upstream_cx_connect_fail|"

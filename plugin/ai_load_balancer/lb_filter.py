@@ -386,8 +386,8 @@ class LoadBalancerStream(HttpContext):
             self.resume_request()
 
     def _redis_timed_out(self):
-        """From a tick: Redis did not answer within `timeout` (a late pick is
-        released when it comes)."""
+        """From a tick: Redis did not answer within `timeout`. The pick is
+        released now, in case Redis still runs it."""
         if not self.awaiting_redis:
             return
         self._stop_waiting_on_redis()

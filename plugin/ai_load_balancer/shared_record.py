@@ -65,6 +65,6 @@ class SharedRecord:
                 continue
         stats.count("ailb.shared.gave_up")
         self.limiter.log(hostcalls.WARN, "gave up " + self.key,
-                         f"ai-load-balancer: {TRIES} compare-and-swap attempts on {self.key} "
+                         f"{TRIES} compare-and-swap attempts on {self.key} "
                          f"lost to other workers; {if_lost}")
         raise GaveUp(self.key)

@@ -49,9 +49,7 @@ def enable(method):
     """From now on the host enters Python for this stream method (one of the
     stream class's `on_demand`), in this VM. Any callback, e.g. on_configure
     once a configuration needs it."""
-    for name, defaulted in _DEFAULTED.items():
-        if defaulted == method:
-            abi.enable_callback(name)
+    abi.enable_callback(f"proxy_{method}")
 
 
 def _on_demand():
