@@ -283,6 +283,48 @@ def test_prefix_cache_shared_document_two_questions(prefix, replicas4):
     assert second["matched_blocks"] >= min(256, len(DOCUMENT) // 64 - 1)
 
 
+def small_cache_handler(replica, request):
+    """A vLLM whose KV cache holds 40 blocks of 16 tokens (160 prompt blocks of 64
+    bytes): /metrics says so in vllm:cache_config_info."""
+    if request.path == "/metrics":
+        return 200, {"content-type": "text/plain"}, (
+            b'vllm:num_requests_waiting{model_name="qwen"} 0\n'
+            b'vllm:cache_config_info{block_size="16",num_gpu_blocks="40"} 1.0\n')
+    return None
+
+
+def test_prefix_cache_forgets_what_a_replica_evicted_by_its_scraped_cache_size(
+        start_envoy, production_wasm):
+    behaviours = [harness.Behaviour(handler=small_cache_handler) for _ in range(3)]
+    with harness.ReplicaSet.start(3, behaviours) as fleet:
+        envoy = policy_envoy(start_envoy, fleet, production_wasm, "prefix_cache",
+                             metricsCluster="backend")
+        check_routed(post_chat(envoy, chat([{"role": "user", "content": "warm up"}])), fleet)
+        deadline = time.time() + 20  # the first scrape: at a tick once the cluster is known
+        while not all(any(r.path == "/metrics" for r in list(rep.requests))
+                      for rep in fleet.replicas):
+            assert time.time() < deadline, "no scrape reached every replica"
+            time.sleep(0.2)
+        time.sleep(0.5)  # the scraped table is written when the round's last answer came
+        document = [{"role": "system", "content": DOCUMENT[:6000]}]  # ~93 blocks < 160
+        first = check_routed(post_chat(envoy, chat(document + [
+            {"role": "user", "content": "q1"}])), fleet)
+        kept = check_routed(post_chat(envoy, chat(document + [
+            {"role": "user", "content": "q2"}])), fleet)
+        assert (kept["address"], kept["reason"]) == (first["address"], "prefix_match")
+        sent = 0
+        for i in range(40):  # other prompts until the holder computed a cache's worth
+            body = chat([{"role": "user", "content": f"Unrelated {i}. " * 300}])
+            if check_routed(post_chat(envoy, body), fleet)["address"] == first["address"]:
+                sent += len(body) // 64
+                if sent >= 160:
+                    break
+        assert sent >= 160
+        gone = check_routed(post_chat(envoy, chat(document + [
+            {"role": "user", "content": "q3"}])), fleet)
+        assert (gone["reason"], gone["matched_blocks"]) == ("least_load", 0), gone
+
+
 def test_prefix_cache_non_json_body_still_routed(prefix, replicas4):
     for body in (b"definitely not json {", b'["a", "list"]', b'{"no": "prompt"}'):
         response = post_chat(prefix, body)

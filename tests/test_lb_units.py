@@ -231,11 +231,19 @@ def test_redis_script_and_python_pick_alike(redis_server):
                 redis_server.command("HSET", f"{prefix}:w:{gw}", address, blocks)
             redis_server.command("ZADD", f"{prefix}:gws", 9e15, gw)
         hashes = [f"{case:04x}{i:012x}" for i in range(rng.randint(0, 8))]
+        # Each replica's clock and cache size: an entry older than the size is evicted.
+        clocks = {a: rng.choice([0, 50, 500]) for a in candidates}
+        sizes = [rng.choice([0, 0, 100, 400]) for _ in candidates]
+        for address, clock in clocks.items():
+            redis_server.command("HSET", f"{prefix}:clk", address, clock)
         owners = []
         for h in hashes[:rng.randint(0, len(hashes))]:
             owner = rng.choice(candidates + ["10.9.9.9:1"])
-            owners.append(owner)
-            redis_server.command("SET", f"{prefix}:pc:{h}", owner)
+            stamp = rng.choice([0, 40, 450])
+            evicted = dict(zip(candidates, sizes)).get(owner, 0) > 0 and \
+                clocks.get(owner, 0) - stamp >= dict(zip(candidates, sizes))[owner]
+            owners.append(None if evicted else owner)
+            redis_server.command("SET", f"{prefix}:pc:{h}", f"{owner} {stamp}")
         gap, limit, rotation = rng.choice([-1, 0, 2]), rng.choice([0, 0, 3]), rng.randint(0, 99)
         min_blocks, costed = rng.choice([0, 1, 3]), rng.random() < 0.7
         prompt_blocks = len(hashes) + rng.choice([0, 0, 5, 60])
@@ -244,7 +252,7 @@ def test_redis_script_and_python_pick_alike(redis_server):
                                min_blocks, prompt_blocks, decode_cost)
         reply = redis_server.command(*resp_args(redis_state.pick_command(
             cluster, "me", 60000, rotation, candidates, hashes, costed, gap, limit, 600,
-            min_blocks, str(case), prompt_blocks, decode_cost)))
+            min_blocks, str(case), prompt_blocks, decode_cost, sizes=sizes)))
         if expected == "limit":
             with pytest.raises(redis_state.LimitReached):
                 redis_state.parse_pick(reply)
@@ -255,9 +263,13 @@ def test_redis_script_and_python_pick_alike(redis_server):
         blocks = prompt_blocks - expected.matched_blocks if costed else 0
         assert resp.reply(redis_server.command("HGET", f"{prefix}:w:me", expected.address)) == \
             (str(blocks).encode() if blocks else None)
+        held = owners_to_matches(owners).get(expected.address, 0)
+        clock = clocks[expected.address] + (max(0, prompt_blocks - held) if hashes else 0)
         for h in hashes:
-            assert resp.reply(redis_server.command("GET", f"{prefix}:pc:{h}")) == \
-                expected.address.encode()
+            owner = resp.reply(redis_server.command("GET", f"{prefix}:pc:{h}")).decode()
+            assert owner.split(" ")[0] == expected.address
+        if hashes:  # the last block is always written, stamped with the advanced clock
+            assert owner == f"{expected.address} {clock}"
 
 
 def resp_args(command):

@@ -30,12 +30,15 @@ def vllm_text(waiting, running, usage, model="tiny"):
 
 def test_vllm_idle_sample():
     m = replica_metrics.from_text(sample(IDLE), 1234)
-    assert m == ReplicaMetrics(0.0, 0.0, 0.0, frozenset(), frozenset(), 0, 1234)
+    # Its KV cache: num_gpu_blocks="16384" x block_size="128" tokens.
+    assert m == ReplicaMetrics(0.0, 0.0, 0.0, frozenset(), frozenset(), 0, 1234,
+                               cache_tokens=16384 * 128)
 
 
 def test_vllm_under_load_sample():
     m = replica_metrics.from_text(sample(UNDER_LOAD).encode(), 99)
     assert (m.waiting, m.running, m.kv_cache_usage) == (3.0, 12.0, 0.9448818897637795)
+    assert m.cache_tokens == 128 * 128  # --num-gpu-blocks-override 128
     # Three lora_requests_info samples: the newest (largest value) wins.
     assert m.active_adapters == m.waiting_adapters == frozenset({"adapterA", "adapterB"})
     assert m.max_adapters == 2 and m.scraped_at_ms == 99 and m.extra == ()

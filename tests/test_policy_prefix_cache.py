@@ -118,11 +118,58 @@ def test_a_slot_collision_costs_one_block_not_the_match(make_host):
     # A later block lands in the slot of the block the next lookup reads first.
     taken = hashes[(len(hashes) + 1) // 2 - 1]
     slot = next(k for k, v in host.shared.data().items() if v.startswith(taken.encode()))
-    host.shared.set("", slot, b"%s 10.9.9.9:80 %d" % (b"0" * len(taken), 2 ** 40), 0)
+    host.shared.set("", slot, b"%s 10.9.9.9:80 %d 0" % (b"0" * len(taken), 2 ** 40), 0)
     again = route(host, second)
     assert (again["address"], again["reason"]) == (held["address"], "prefix_match")
     assert int(again["matched_blocks"]) >= len(prefix_hash.block_hashes(
         request.cache_namespace, llm_request.parse(first).prompt)) - 1
+
+
+def blocks_of(body):
+    return len(llm_request.parse(body).prompt) // 64
+
+
+def fill_replica(host, address, blocks, salt):
+    """Routes distinct prompts until `address` was sent `blocks` prompt blocks."""
+    sent = 0
+    for i in range(60):
+        body = chat_body(f"Unrelated {salt} {i}. " * 150, "hi")
+        if route(host, body)["address"] == address:
+            sent += blocks_of(body)
+            if sent >= blocks:
+                return
+    raise AssertionError(f"{address} got only {sent} blocks")
+
+
+@pytest.mark.parametrize("kv_tokens, forgotten", [(2400, True), (-1, False)])
+@pytest.mark.parametrize("state", ["embedded", "redis"])
+def test_the_index_forgets_what_the_replica_evicted(make_host, redis_server, state, kv_tokens,
+                                                    forgotten):
+    # 2400 tokens = 150 blocks of 64 bytes: once the replica computed that much
+    # since, the document's prefix is gone from its cache, and from the index.
+    if state == "redis":
+        clear_redis(redis_server)
+        host = start(make_host, "prefix_cache", target="higress", redis_server=redis_server,
+                     kvCacheTokens=kv_tokens)
+    else:
+        host = start(make_host, "prefix_cache", kvCacheTokens=kv_tokens)
+    first = route(host, chat_body(DOCUMENT, "q1"))
+    assert route(host, chat_body(DOCUMENT, "q2"))["reason"] == "prefix_match"
+    fill_replica(host, first["address"], 150, "a")
+    again = route(host, chat_body(DOCUMENT, "q3"))
+    if forgotten:
+        assert (again["reason"], again["matched_blocks"]) == ("least_load", "0")
+    else:
+        assert (again["address"], again["reason"]) == (first["address"], "prefix_match")
+
+
+def test_a_prefix_in_use_is_not_forgotten(make_host):
+    host = start(make_host, "prefix_cache", kvCacheTokens=2400)
+    first = route(host, chat_body(DOCUMENT, "q0"))
+    for turn in range(1, 5):  # 4 x 60 blocks sent to its replica, more than it holds
+        fill_replica(host, first["address"], 60, turn)
+        again = route(host, chat_body(DOCUMENT, f"q{turn}"))
+        assert (again["address"], again["reason"]) == (first["address"], "prefix_match")
 
 
 def test_replica_that_left_is_not_chosen(make_host):

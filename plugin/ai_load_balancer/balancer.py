@@ -13,9 +13,10 @@ from . import endpoints, redis_state, stats
 from .cluster_metrics import ServiceStats
 from .consistent_hash import HashRing
 from .embedded_inflight import EmbeddedInflight
-from .embedded_prefix_index import EmbeddedPrefixIndex
+from .embedded_prefix_index import EmbeddedPrefixIndex, unknown_size
 from .health import DEGRADED, HEALTHY, UNHEALTHY, Health
 from .least_busy import LeastBusy
+from .replica_capacity import ReplicaCapacity
 from .weighted_round_robin import SmoothWeightedRoundRobin
 
 METRICS_POLICIES = ("least_busy", "queue_depth")
@@ -41,6 +42,7 @@ class Balancer:
         self.wants_redis = False      # configured with Redis (and the host has it)
         self.pick_script_cached = False  # Redis answered the pick script: EVALSHA from now
         self.least_busy = self.health = self.inflight = self.prefix_index = None
+        self.capacity = None          # prefix_cache: each replica's KV cache size
         self.round_robin = 0
         self.wrr = SmoothWeightedRoundRobin()
         self._ring = (None, None)     # (addresses, HashRing)
@@ -51,8 +53,11 @@ class Balancer:
         state_id = hashlib.blake2b(f"{name}\0{config!r}".encode(), digest_size=6).hexdigest()
         self.inflight = EmbeddedInflight(f"ailb:inflight:{state_id}", self.vm_id,
                                          config.lease_s * 1000, self.limiter)
-        self.prefix_index = EmbeddedPrefixIndex(state_id, config.index_capacity,
-                                                config.key_ttl_s)
+        if config.policy == "prefix_cache":
+            self.capacity = ReplicaCapacity(config, f"ailb:kvcap:{state_id}", self.vm_id)
+        self.prefix_index = EmbeddedPrefixIndex(
+            state_id, config.index_capacity, config.key_ttl_s, self.limiter,
+            self.capacity.of if self.capacity else unknown_size)
         self.health = Health(config.health, f"ailb:health:{state_id}", self.vm_id)
         self.health.cluster = config.health.cluster
         if config.policy in METRICS_POLICIES:
@@ -126,6 +131,9 @@ class Balancer:
         if self.least_busy and self.least_busy.scraper.cluster:
             run_isolated("metrics scraping", self.least_busy.scraper.tick, self.root,
                          self.config.endpoints, now_ms)
+        if self.capacity:
+            run_isolated("cache size scraping", self.capacity.tick, self.root,
+                         self.config.endpoints, now_ms)
         if self.redis:
             run_isolated("Redis lease renewal", self._renew_in_redis, now_ms)
 
@@ -192,8 +200,10 @@ class Balancer:
         """The routed cluster, seen on a request: scrapes and health checks go
         there unless lb_config.metricsCluster names one."""
         self.health.cluster = self.health.cluster or cluster
-        if self.least_busy and not self.least_busy.scraper.cluster:
-            self.least_busy.scraper.cluster = cluster
+        for scraper in (self.least_busy and self.least_busy.scraper,
+                        self.capacity and self.capacity.scraper):
+            if scraper and not scraper.cluster:
+                scraper.cluster = cluster
 
     def candidates(self, now_ms):
         """(addresses, tier, hosts): the replicas a request may go to now. tier is

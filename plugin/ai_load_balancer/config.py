@@ -44,6 +44,8 @@ class LBConfig:
     block_size: int = 0                    # bytes per prefix block
     max_blocks: int = 0                    # prefix blocks hashed at most
     index_capacity: int = 0                # embedded prefix index slots
+    kv_cache_tokens: int = 0               # each replica's KV cache (0: scraped, -1: unbounded)
+    metrics_path: str = ""                 # Prometheus path on each replica
     max_body_bytes: int = 0                # larger bodies are routed without their prompt
     min_match_ratio: float = 0.0           # a prefix match must cover this share of the prompt
     lease_s: int = 0                       # a silent gateway's in-flight counts expire after this
@@ -134,6 +136,8 @@ def parse_doc(doc, path=""):
         block_size=lb.get("prefixBlockSize"),
         max_blocks=lb.get("maxPrefixBlocks"),
         index_capacity=lb.get("indexCapacity"),
+        kv_cache_tokens=lb.get("kvCacheTokens"),
+        metrics_path=lb.get("metricsPath"),
         max_body_bytes=lb.get("maxBodyBytes"),
         min_match_ratio=lb.get("minMatchRatio"),
         lease_s=lb.get("leaseSeconds"),

@@ -96,6 +96,13 @@ LB_CONFIG_FIELDS = (
        high=4096),
     _f("indexCapacity", "int", 65536, PREFIX, "slots of the embedded prefix index", low=16,
        high=1 << 24),
+    _f("kvCacheTokens", "int", 0, ("prefix_cache",), "each replica's KV cache size in tokens: "
+       "the prefix index forgets, per replica, the prompt blocks sent there longest ago "
+       "beyond it (the replica must have evicted them; a token is taken as 4 bytes of "
+       "prompt). 0: each replica's own, from its `vllm:cache_config_info` (num_gpu_blocks x "
+       "block_size), scraped once a minute from `metricsPath` (Higress: from the metrics it "
+       "hands over); -1: unbounded (entries end with redisKeyTTL only)", low=-1,
+       unit="tokens"),
     _f("maxBodyBytes", "int", 1024 * 1024, BODY, "larger bodies are routed without reading "
        "their prompt", low=1024, unit="bytes"),
     # --- every endpoint policy ---
@@ -132,7 +139,8 @@ LB_CONFIG_FIELDS = (
        "affinity is preferred", low=0),
     _f("kvCacheThreshold", "number", 0.8, ("least_busy",), "KV-cache usage above which "
        "sheddable requests are refused", low=0.0, high=1.0),
-    _f("metricsPath", "string", "/metrics", ("least_busy",), "Prometheus path on each replica"),
+    _f("metricsPath", "string", "/metrics", ("least_busy", "prefix_cache"), "Prometheus path on "
+       "each replica (prefix_cache: for kvCacheTokens 0)"),
     _f("statusPath", "string", "/status", ("queue_depth",), "JSON status path on each replica"),
     _f("queueField", "string", "queue_depth", ("queue_depth",), "dotted field of the status "
        "JSON holding the queue length"),

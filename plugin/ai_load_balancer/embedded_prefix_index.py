@@ -2,9 +2,17 @@
 Envoy process, in a fixed number of shared-data slots.
 
 Shared data cannot delete keys, so the index is a direct-mapped table: block
-hash h lives in slot h mod capacity, as "<hash> <address> <expiry_s>". A newer
-block that lands in the same slot replaces the older one, so memory stays
-bounded at `capacity` entries; entries also expire after the TTL.
+hash h lives in slot h mod capacity, as "<hash> <address> <expiry_s> <stamp>".
+A newer block that lands in the same slot replaces the older one, so memory
+stays bounded at `capacity` entries; entries also expire after the TTL.
+
+A replica forgets too: its KV cache holds so many blocks and evicts the least
+recently used. Each replica has a clock, the prompt blocks sent there to be
+computed so far (`ailb:pcclk:<namespace>:<address>`); an entry is stamped with
+its replica's clock when recorded, and is gone once the clock has run more than
+the replica's cache size past its stamp (capacity_of(address) blocks; 0:
+unknown, never forgotten this way). A prefix that is used again is re-stamped
+once it is half that old, as the replica's LRU would keep it.
 
 A lookup costs O(log blocks) reads, not one per block: a prompt's blocks are
 recorded together, so the longest recorded prefix is found by binary search,
@@ -16,55 +24,98 @@ one collision costs one more read, not the rest of the match.
 
 from proxywasm import hostcalls
 
+from .shared_record import GaveUp, SharedRecord
+
+
+def unknown_size(address):
+    """capacity_of when no replica's cache size is known."""
+    return 0
+
 
 class EmbeddedPrefixIndex:
-    def __init__(self, namespace, capacity, ttl_s):
+    def __init__(self, namespace, capacity, ttl_s, limiter, capacity_of=unknown_size):
         self.namespace = namespace
         self.capacity = capacity
         self.ttl_s = ttl_s
+        self.limiter = limiter
+        self.capacity_of = capacity_of  # address -> its KV cache in index blocks (0: unknown)
 
     def _slot(self, block_hash):
         return f"ailb:pc:{self.namespace}:{int(block_hash, 16) % self.capacity}"
 
-    def _entry(self, block_hash, now_s):
-        """(address, expiry_s) of a live entry for this exact block, or None."""
+    def _clock_record(self, address):
+        return SharedRecord(f"ailb:pcclk:{self.namespace}:{address}", self.limiter)
+
+    def _clock(self, address):
+        raw, _ = hostcalls.get_shared_data(self._clock_record(address).key)
+        return int(raw) if raw else 0
+
+    def _entry(self, block_hash, now_s, clocks):
+        """(address, expiry_s, age in blocks) of a live entry for this exact
+        block, or None. `clocks`: address -> clock, filled as read."""
         value, _ = hostcalls.get_shared_data(self._slot(block_hash))
         if value is None:
             return None
-        stored_hash, address, expiry = value.decode().split(" ")
+        parts = value.decode().split(" ")
+        if len(parts) != 4:
+            return None  # not an entry of this layout
+        stored_hash, address, expiry, stamp = parts
         if stored_hash != block_hash or int(expiry) <= now_s:
             return None
-        return address, int(expiry)
+        if address not in clocks:
+            clocks[address] = self._clock(address)
+        age, size = clocks[address] - int(stamp), self.capacity_of(address)
+        if size > 0 and age >= size:
+            return None  # the replica has computed its cache's worth since: evicted
+        return address, int(expiry), age
 
     def matches(self, hashes, now_s):
         """({address: leading blocks it holds}, aging) for the replica holding the
         longest recorded prefix and, sampled, for replicas holding shorter ones.
-        `aging`: that longest entry has less than half its TTL left."""
+        `aging`: that replica's first block has less than half its TTL left, or
+        is more than half its cache old (recording it again refreshes it)."""
+        clocks = {}
         longest, entry = 0, None
         low, high = 0, len(hashes)
         while low < high:
             mid = (low + high + 1) // 2
-            found = self._entry(hashes[mid - 1], now_s)
+            found = self._entry(hashes[mid - 1], now_s, clocks)
             if found is None and mid < len(hashes):
-                found = self._entry(hashes[mid], now_s)  # a collision took block mid?
+                found = self._entry(hashes[mid], now_s, clocks)  # a collision took block mid?
             if found is None:
                 high = mid - 1
             else:
                 low, longest, entry = mid, mid, found
         if entry is None:
             return {}, False
-        matched = {entry[0]: longest}
+        matched, first = {entry[0]: longest}, entry if longest == 1 else None
         position = longest // 2
         while position >= 1:
-            found = self._entry(hashes[position - 1], now_s)
+            found = self._entry(hashes[position - 1], now_s, clocks)
             if found is not None and found[0] not in matched:
                 matched[found[0]] = position
+            if position == 1 and found is not None and found[0] == entry[0]:
+                first = found
             position //= 2
-        return matched, entry[1] - now_s < self.ttl_s // 2
+        first = first or entry
+        size = self.capacity_of(entry[0])
+        return matched, (first[1] - now_s < self.ttl_s // 2
+                         or (size > 0 and first[2] > size // 2))
 
-    def record(self, hashes, address, now_s, start=0):
+    def record(self, hashes, address, now_s, held=0, computed=None):
         """Notes that `address` now holds every block of `hashes`, writing from
-        block `start` on (the blocks before it are known to be held and fresh)."""
+        block `held` on (the blocks before it are known to be held and fresh).
+        `computed`: the prompt blocks the replica computes for it (default: the
+        hashed ones it does not hold), which advance its clock."""
+        computed = len(hashes) - held if computed is None else computed
+        try:
+            stamp = self._clock_record(address).update_raw(
+                lambda raw: (str((int(raw) if raw else 0) + computed).encode(),
+                             (int(raw) if raw else 0) + computed),
+                "the replica's cache clock is not advanced")
+        except GaveUp:
+            stamp = self._clock(address)
         expiry = now_s + self.ttl_s
-        for block_hash in hashes[start:]:
-            hostcalls.set_shared_data(self._slot(block_hash), f"{block_hash} {address} {expiry}")
+        for block_hash in hashes[held:]:
+            hostcalls.set_shared_data(self._slot(block_hash),
+                                      f"{block_hash} {address} {expiry} {stamp}")

@@ -204,6 +204,8 @@ class LoadBalancerStream(HttpContext):
             self.hashes = prefix_hash.block_hashes(self.request.cache_namespace,
                                                    self.request.prompt, self.cfg.block_size,
                                                    self.cfg.max_blocks)
+        if self.lb.capacity and self.hashes:
+            self.lb.capacity.refresh(hosts, now_ns // 1_000_000)
         if policy in METRICS:
             return self._decide_by_metrics(hosts)
         if policy in COUNTED:
@@ -257,9 +259,7 @@ class LoadBalancerStream(HttpContext):
             stats.count("ailb.fallbacks.contention")
             return CONTINUE
         self.counted_in = "embedded"
-        if self.hashes:
-            held = 0 if aging else matched.get(pick.address, 0)
-            self.lb.prefix_index.record(self.hashes, pick.address, now_ns // 1_000_000_000, held)
+        self._record_prefix(pick.address, matched, aging, now_ns // 1_000_000_000)
         return self._apply(pick)
 
     def _hash_key(self):
@@ -305,10 +305,16 @@ class LoadBalancerStream(HttpContext):
             return CONTINUE
         self.counted_in = "embedded"
         self.state = "metrics"
-        if self.hashes:
-            held = 0 if aging else matched.get(pick.address, 0)
-            self.lb.prefix_index.record(self.hashes, pick.address, now_s, held)
+        self._record_prefix(pick.address, matched, aging, now_s)
         return self._apply(pick)
+
+    def _record_prefix(self, address, matched, aging, now_s):
+        """The prompt's blocks are held by `address` now (written again from the
+        first one when its entries are aging)."""
+        if self.hashes:
+            held = matched.get(address, 0)
+            self.lb.prefix_index.record(self.hashes, address, now_s, 0 if aging else held,
+                                        max(0, self._prompt_blocks() - held))
 
     def _min_blocks(self):
         """The shortest prefix match that counts (minMatchRatio of the prompt)."""
@@ -327,7 +333,8 @@ class LoadBalancerStream(HttpContext):
             self.cluster, self.lb.vm_id, cfg.lease_s * 1000, self.rotation, self.candidates,
             self.hashes, cfg.policy == "prefix_cache", cfg.max_load_gap, cfg.max_request_count,
             cfg.key_ttl_s, self._min_blocks(), self.request_id, self._prompt_blocks(),
-            cfg.decode_cost, self.lb.pick_script_cached)
+            cfg.decode_cost, self.lb.pick_script_cached,
+            [self.lb.capacity.of(a) for a in self.candidates] if self.lb.capacity else ())
         try:
             # Owned by the root: its answer arrives even if this stream is gone,
             # so a count Redis made for it can always be released. The stream

@@ -6,13 +6,18 @@ Keys, all under one hash tag so a Redis Cluster keeps them in one slot:
   ailb:{<cluster>}:w:<gateway>  HASH  replica address -> prompt blocks to compute of those
   ailb:{<cluster>}:r:<gateway>  HASH  request id -> "<replica> <blocks>" it is counted for
   ailb:{<cluster>}:x:<gateway>:<request id>  STRING  released before its pick ran
-  ailb:{<cluster>}:pc:<hash>    STRING replica that last served this prompt-prefix block
+  ailb:{<cluster>}:pc:<hash>    STRING "<replica> <stamp>": the replica that last served this
+                                       prompt-prefix block, and its clock then
+  ailb:{<cluster>}:clk          HASH  replica address -> prompt blocks sent there to compute
 
 The pick script applies picking.py's rules to the sums over live gateways and
 counts the pick in the same step, so a count can never be read stale by another
 gateway. It records the prompt's blocks for the pick from the first one the
 pick does not hold yet (all of them when the first block has less than half its
-TTL left, which refreshes the chain). A gateway that dies stops renewing its lease: its counts stop counting
+TTL left, or is more than half the replica's cache old, which refreshes the
+chain). As embedded_prefix_index.py does, an entry is gone once its replica's
+clock ran its cache size (in blocks, sent per candidate; 0: unknown) past its
+stamp. A gateway that dies stops renewing its lease: its counts stop counting
 and its hash expires. Counts never go below zero.
 
 Releases go by request id, so they are idempotent and can be sent again until
@@ -30,7 +35,7 @@ from .picking import Pick
 # ARGV: gateway, lease_ms, rotation, mode ("cost": prefix_cache's cost model,
 #       "lr": least request), max_load_gap (-1: off), limit (0: none), ttl_s,
 #       min_blocks, request id, prompt blocks, decode cost, candidate count,
-#       candidates..., block hashes...
+#       candidates..., their cache sizes in blocks (0: unknown)..., block hashes...
 PICK_SCRIPT = """
 local p = KEYS[1]
 local gw, lease = ARGV[1], tonumber(ARGV[2])
@@ -39,12 +44,15 @@ local gap, limit, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local minb, rid = math.max(1, tonumber(ARGV[8])), ARGV[9]
 local pblocks, dcost = tonumber(ARGV[10]), tonumber(ARGV[11])
 local total = tonumber(ARGV[12])
-local h0, nh = 12 + total, #ARGV - 12 - total
+local h0, nh = 12 + 2 * total, #ARGV - 12 - 2 * total
 if redis.call('DEL', p .. ':x:' .. gw .. ':' .. rid) == 1 then return {'', 0, 0, 'released'} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local inflight, work = {}, {}
-for i = 1, total do inflight[ARGV[12 + i]] = 0 work[ARGV[12 + i]] = 0 end
+local inflight, work, size, clock = {}, {}, {}, {}
+for i = 1, total do
+  local a = ARGV[12 + i]
+  inflight[a], work[a], size[a] = 0, 0, tonumber(ARGV[12 + total + i])
+end
 redis.call('ZREMRANGEBYSCORE', p .. ':gws', '-inf', now)
 redis.call('ZADD', p .. ':gws', now + lease, gw)
 local function add(into, key)
@@ -64,14 +72,21 @@ for i = 1, total do
   if limit <= 0 or inflight[a] < limit then cands[#cands + 1] = a end
 end
 if #cands == 0 then return {'', 0, 0, 'limit'} end
-local matched = {}
+local matched, first = {}, nil
 if nh > 0 then
+  local clocks = redis.call('HMGET', p .. ':clk', unpack(ARGV, 13, 12 + total))
+  for i = 1, total do clock[ARGV[12 + i]] = tonumber(clocks[i]) or 0 end
   local keys = {}
   for i = 1, nh do keys[i] = p .. ':pc:' .. ARGV[h0 + i] end
   local owners = redis.call('MGET', unpack(keys))
   for i = 1, nh do
     if not owners[i] then break end
-    matched[owners[i]] = i
+    local a, st = string.match(owners[i], '^(.*) (%d+)$')
+    if not a then break end
+    local age = (clock[a] or 0) - tonumber(st)
+    if (size[a] or 0) > 0 and age >= size[a] then break end
+    matched[a] = i
+    if i == 1 then first = {a, age} end
   end
 end
 local n = #cands
@@ -112,10 +127,17 @@ redis.call('HSET', p .. ':r:' .. gw, rid, best .. ' ' .. w)
 redis.call('PEXPIRE', p .. ':r:' .. gw, lease)
 local from = 1
 local held = matched[best] or 0
-if held > 0 and redis.call('PTTL', p .. ':pc:' .. ARGV[h0 + 1]) > ttl * 500 then
+if held > 0 and first[1] == best and (size[best] <= 0 or first[2] <= size[best] / 2)
+    and redis.call('PTTL', p .. ':pc:' .. ARGV[h0 + 1]) > ttl * 500 then
   from = held + 1
 end
-for i = from, nh do redis.call('SET', p .. ':pc:' .. ARGV[h0 + i], best, 'EX', ttl) end
+if nh > 0 then
+  local stamp = redis.call('HINCRBY', p .. ':clk', best, math.max(pblocks - held, 0))
+  redis.call('EXPIRE', p .. ':clk', ttl)
+  for i = from, nh do
+    redis.call('SET', p .. ':pc:' .. ARGV[h0 + i], best .. ' ' .. stamp, 'EX', ttl)
+  end
+end
 return {best, bestc, bestm, reason}
 """
 
@@ -182,16 +204,17 @@ def key_prefix(cluster):
 
 def pick_command(cluster, gateway, lease_ms, rotation, candidates, hashes=(), costed=False,
                  max_load_gap=-1, limit=0, ttl_s=1800, min_blocks=1, request_id="0",
-                 prompt_blocks=0, decode_cost=0, cached=False):
+                 prompt_blocks=0, decode_cost=0, cached=False, sizes=()):
     """The script call that picks among `candidates` and counts the pick for
     `request_id` (unique per gateway among its requests in flight). `costed`:
     prefix_cache's pick (picking.least_cost), otherwise least request.
+    `sizes`: each candidate's KV cache in index blocks (0 or missing: unknown).
     `cached`: Redis holds the script, send its SHA1 only (EVALSHA)."""
     head = ("EVALSHA", PICK_SHA) if cached else ("EVAL", PICK_SCRIPT)
     return resp.command(*head, 1, key_prefix(cluster), gateway, lease_ms, rotation,
                         "cost" if costed else "lr", max_load_gap, limit, ttl_s, min_blocks,
                         request_id, prompt_blocks, decode_cost, len(candidates), *candidates,
-                        *hashes)
+                        *(tuple(sizes) or (0,) * len(candidates)), *hashes)
 
 
 def parse_pick(reply_bytes):

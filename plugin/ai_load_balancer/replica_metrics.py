@@ -12,6 +12,8 @@ Understands vLLM (current and legacy names) and SGLang:
     adapters         vllm:lora_requests_info{running_lora_adapters="a,b",
                      waiting_lora_adapters="..", max_lora="N"}: the sample
                      with the newest value (a timestamp) wins
+    cache_tokens     vllm:cache_config_info{num_gpu_blocks="N",
+                     block_size="B"}: N x B, the KV cache's size in tokens
 
 Several label sets (per model_name, per engine of a data-parallel replica)
 are summed for counts; usage takes the max (the fullest engine decides).
@@ -30,11 +32,13 @@ VLLM_RUNNING = "vllm:num_requests_running"
 VLLM_KV_USAGE = "vllm:kv_cache_usage_perc"
 VLLM_GPU_CACHE_USAGE = "vllm:gpu_cache_usage_perc"  # legacy, removed from vLLM
 VLLM_LORA_INFO = "vllm:lora_requests_info"
+VLLM_CACHE_CONFIG = "vllm:cache_config_info"
 SGLANG_WAITING = "sglang:num_queue_reqs"
 SGLANG_RUNNING = "sglang:num_running_reqs"
 SGLANG_USAGE = "sglang:token_usage"
 
-_VLLM = frozenset((VLLM_WAITING, VLLM_RUNNING, VLLM_KV_USAGE, VLLM_LORA_INFO))
+_VLLM = frozenset((VLLM_WAITING, VLLM_RUNNING, VLLM_KV_USAGE, VLLM_LORA_INFO,
+                   VLLM_CACHE_CONFIG))
 _SGLANG = frozenset((SGLANG_WAITING, SGLANG_RUNNING, SGLANG_USAGE))
 _INF = float("inf")
 _MAX = sys.float_info.max
@@ -51,6 +55,7 @@ class ReplicaMetrics:
     max_adapters: int                # LoRA adapters the replica can hold at once; 0 = unknown
     scraped_at_ms: int
     extra: tuple = ()                # ((name, value), ...) for the extra names asked for
+    cache_tokens: int = 0            # KV cache size in tokens; 0 = unknown
 
 
 def from_text(text, scraped_at_ms, extra_names=()):
@@ -83,11 +88,13 @@ def from_text(text, scraped_at_ms, extra_names=()):
         waiting_adapters = _adapters(lora.get("waiting_lora_adapters"))
         max_adapters = _whole(lora.get("max_lora"))
     extra = tuple((name, _sum(found, name)) for name in extra_names if name in found)
+    cache = _newest(found.get(VLLM_CACHE_CONFIG)) or {}
     return ReplicaMetrics(
         waiting=waiting or 0.0, running=running or 0.0,
         kv_cache_usage=min(max(usage or 0.0, 0.0), 1.0),
         active_adapters=active, waiting_adapters=waiting_adapters, max_adapters=max_adapters,
-        scraped_at_ms=int(scraped_at_ms), extra=extra)
+        scraped_at_ms=int(scraped_at_ms), extra=extra,
+        cache_tokens=_whole(cache.get("num_gpu_blocks")) * _whole(cache.get("block_size")))
 
 
 def _finite(samples):
@@ -168,10 +175,11 @@ def from_status_json(body, scraped_at_ms, field):
 
 def to_json(m):
     """A JSON-ready list: [waiting, running, kv_cache_usage, "active,adapters",
-    "waiting,adapters", max_adapters, scraped_at_ms, [[name, value], ...]]."""
+    "waiting,adapters", max_adapters, scraped_at_ms, [[name, value], ...], cache_tokens]."""
     return [_compact(m.waiting), _compact(m.running), _compact(m.kv_cache_usage),
             ",".join(sorted(m.active_adapters)), ",".join(sorted(m.waiting_adapters)),
-            m.max_adapters, m.scraped_at_ms, [[n, _compact(v)] for n, v in m.extra]]
+            m.max_adapters, m.scraped_at_ms, [[n, _compact(v)] for n, v in m.extra],
+            m.cache_tokens]
 
 
 def from_json(d):
@@ -180,14 +188,14 @@ def from_json(d):
     try:
         if isinstance(d, (str, bytes, bytearray)):
             d = json.loads(d)
-        waiting, running, usage, active, queued, max_adapters, scraped_at, extra = d
+        waiting, running, usage, active, queued, max_adapters, scraped_at, extra, cache = d
         # Positional, with shortcuts for the usual empties: readers decode every
         # replica's entry once per scrape round.
         return ReplicaMetrics(
             float(waiting), float(running), float(usage),
             _adapters(active) if active else _NONE, _adapters(queued) if queued else _NONE,
             int(max_adapters), int(scraped_at),
-            tuple([(str(n), float(v)) for n, v in extra]) if extra else ())
+            tuple([(str(n), float(v)) for n, v in extra]) if extra else (), int(cache))
     except (TypeError, ValueError, AttributeError, OverflowError, RecursionError, LookupError):
         return None
 

@@ -1,0 +1,55 @@
+"""How much each replica's KV cache holds, in the prefix index's blocks: what
+lets the index forget the prefixes a replica must have evicted.
+
+Configured (`kvCacheTokens` > 0, every replica the same), or read from each
+replica's `vllm:cache_config_info` (num_gpu_blocks x block_size): scraped by
+this gateway once a minute (stock Envoy: one elected VM, as for least_busy),
+or from the metrics Higress hands over with its host list. Unknown (no scrape
+answered yet, not vLLM, `kvCacheTokens` -1): 0, the index then forgets by TTL
+only. Index blocks are prompt bytes; a token is about BYTES_PER_TOKEN of them.
+"""
+
+from .metrics_scraper import MetricsScraper
+
+BYTES_PER_TOKEN = 4
+SCRAPE_MS = 60_000
+
+
+class ReplicaCapacity:
+    def __init__(self, config, key, vm_id):
+        self.block_bytes = config.block_size
+        self.configured = config.kv_cache_tokens
+        self.scraper = None
+        if self.configured == 0:
+            self.scraper = MetricsScraper(key, vm_id, config.health.cluster, config.metrics_path,
+                                          SCRAPE_MS, 5000, 10 * SCRAPE_MS)
+        self._tokens = {}  # address -> KV cache tokens, as last read
+        self._read = None  # the metrics table they were read from
+
+    def _blocks(self, tokens):
+        return tokens * BYTES_PER_TOKEN // self.block_bytes
+
+    def of(self, address):
+        """The replica's KV cache in index blocks; 0: unknown. Per request,
+        after refresh()."""
+        if self.configured:
+            return self._blocks(max(self.configured, 0))
+        return self._blocks(self._tokens.get(address, 0))
+
+    def refresh(self, hosts, now_ms):
+        """Per request, before the index is read: the sizes as known now.
+        `hosts`: Higress's upstream host list (with metrics), else None."""
+        if self.scraper is None:
+            return
+        metrics = ((hosts and self.scraper.from_upstream_hosts(hosts, now_ms))
+                   or self.scraper.snapshot(now_ms))
+        if metrics is self._read:
+            return
+        self._read = metrics
+        for address, m in metrics.items():
+            if m.cache_tokens:
+                self._tokens[address] = m.cache_tokens
+
+    def tick(self, root, endpoints, now_ms):
+        if self.scraper is not None and self.scraper.cluster:
+            self.scraper.tick(root, endpoints, now_ms)
