@@ -1,13 +1,23 @@
 """Drives LLM requests through a test host (helpers for the policy tests)."""
 
 import json
+from types import SimpleNamespace
 
+from ai_load_balancer import config
+from ai_load_balancer.policies import POLICIES
 from proxywasm import resp
 
 CLUSTER = "outbound|8000||vllm.default.svc.cluster.local"
 REDIS_CLUSTER = "outbound|6379||redis.static"
 REPLICAS = ["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000", "10.0.0.4:8000"]
 OVERRIDE = "x-gateway-destination-endpoint"
+
+
+def policy_for(name, **lb_config):
+    """The policy object of `lb_policy: name` with these lb_config fields, to
+    call choose() on pipeline.Inputs directly (native only)."""
+    cfg, _ = config.parse_doc({"lb_policy": name, "lb_config": lb_config})
+    return POLICIES[name](SimpleNamespace(config=cfg, state_id="test", vm_id="vm"))
 
 
 def plugin_config(policy, target="envoy", redis=None, **fields):

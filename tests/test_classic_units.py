@@ -2,7 +2,7 @@
 
 import collections
 
-from ai_load_balancer.consistent_hash import HashRing, bounded_pick
+from ai_load_balancer.policies.consistent_hash import HashRing, bounded_pick
 from ai_load_balancer.weighted_round_robin import SmoothWeightedRoundRobin
 
 

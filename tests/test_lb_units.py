@@ -2,12 +2,15 @@
 pick rules, and the Redis script held to the same answers as the Python rules."""
 
 import json
+import math
 import random
 
 import pytest
 
 from ai_load_balancer import config, llm_request, picking, prefix_hash, redis_state
+from ai_load_balancer.pipeline import Inputs
 from proxywasm import resp
+from tests.llm_traffic import policy_for
 
 
 # --- configuration ---------------------------------------------------------------
@@ -147,13 +150,25 @@ A, B, C = "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"
 
 
 def test_least_request_takes_the_idlest_and_rotates_ties():
-    assert picking.least_request([A, B, C], {A: 3, B: 1, C: 2}, 0).address == B
-    assert {picking.least_request([A, B, C], {}, r).address for r in range(3)} == {A, B, C}
+    policy = policy_for("global_least_request")
+    pick = policy.choose(Inputs((A, B, C), 0, inflight={A: 3, B: 1, C: 2}))
+    assert (pick.address, pick.inflight, pick.reason) == (B, 1, "least_request")
+    assert {policy.choose(Inputs((A, B, C), r)).address for r in range(3)} == {A, B, C}
 
 
-def cost_pick(inflight, matched, prompt_blocks=100, work=None, decode_cost=4, **filters):
-    return picking.least_cost([A, B, C], inflight, work or {}, matched, prompt_blocks,
-                              decode_cost, 0, **filters)
+def test_under_limit():
+    policy = policy_for("global_least_request", maxRequestCount=2)
+    assert policy.choose(Inputs((A, B), 0, inflight={A: 2, B: 1})).address == B
+    with pytest.raises(picking.LimitReached):
+        policy.choose(Inputs((A, B), 0, inflight={A: 2, B: 2}))
+
+
+def cost_pick(inflight, matched, prompt_blocks=100, work=None, decode_cost=4, hashed=100,
+              **fields):
+    policy = policy_for("prefix_cache", decodeCost=decode_cost, **fields)
+    return policy.choose(Inputs((A, B, C), 0, prompt_blocks=prompt_blocks,
+                                hashes=tuple(range(hashed)), matched=matched,
+                                inflight=inflight, work=work or {}))
 
 
 def test_the_cost_model_keeps_a_request_with_its_prefix_until_the_queue_costs_more():
@@ -177,39 +192,52 @@ def test_a_short_shared_prefix_does_not_pull_new_prompts_onto_a_busy_replica():
 
 
 def test_the_optional_filters_still_apply():
-    pick = cost_pick({A: 9, B: 5, C: 0}, {A: 90, B: 3}, max_load_gap=4)
+    pick = cost_pick({A: 9, B: 5, C: 0}, {A: 90, B: 3}, maxLoadGap=4)
     assert (pick.address, pick.reason) == (C, "bounded_load")
-    pick = cost_pick({A: 0, B: 0, C: 0}, {A: 2}, min_blocks=5, decode_cost=0)
+    pick = cost_pick({A: 0, B: 0, C: 0}, {A: 2}, hashed=10, minMatchRatio=0.5, decode_cost=0)
     assert pick.matched_blocks == 0 and pick.reason == "least_load"
+
+
+def test_a_profile_from_lb_config_replaces_the_preset():
+    # prefix_cache scored by in-flight requests alone: the prefix no longer pulls.
+    pick = cost_pick({A: 2, B: 0, C: 1}, {A: 90}, scorers=[{"name": "least_request"}])
+    assert (pick.address, pick.reason) == (B, "least_load")
+    assert policy_for("prefix_cache", scorers=[{"name": "least_request"}]).custom
+    with pytest.raises(config.ConfigError, match="lb_config.filters: unknown filter 'nope'"):
+        policy_for("prefix_cache", filters=["nope"])
 
 
 def owners_to_matches(owners):
     """What the Redis script derives from the owner of each block: a replica that
-    served block i holds blocks 0..i; the walk stops at the first unowned block."""
+    served block i holds blocks 0..i; the walk stops at the first unowned block
+    and skips an entry its replica has evicted (EVICTED)."""
     matched = {}
     for i, owner in enumerate(owners):
         if owner is None:
             break
-        matched[owner] = i + 1
+        if owner is not EVICTED:
+            matched[owner] = i + 1
     return matched
 
 
-def test_under_limit():
-    assert picking.under_limit([A, B], {A: 2, B: 1}, 2) == [B]
-    assert picking.under_limit([A, B], {A: 2, B: 1}, 0) == [A, B]
+EVICTED = object()
 
 
 # --- the Redis script applies the same rules --------------------------------------------
 
-def python_pick(candidates, inflight, work, owners, costed, gap, limit, rotation, min_blocks,
-                prompt_blocks, decode_cost):
-    eligible = picking.under_limit(candidates, inflight, limit)
-    if not eligible:
-        return "limit"
+def python_pick(candidates, inflight, work, owners, costed, gap, limit, rotation, min_ratio,
+                hashes, prompt_blocks, decode_cost):
     if not costed:
-        return picking.least_request(eligible, inflight, rotation)
-    pick = picking.least_cost(eligible, inflight, work, owners_to_matches(owners),
-                              prompt_blocks, decode_cost, rotation, min_blocks, gap)
+        policy = policy_for("global_least_request", maxRequestCount=limit)
+    else:
+        policy = policy_for("prefix_cache", maxRequestCount=limit, maxLoadGap=gap,
+                            minMatchRatio=min_ratio, decodeCost=decode_cost)
+    try:
+        pick = policy.choose(Inputs(tuple(candidates), rotation, prompt_blocks=prompt_blocks,
+                                    hashes=tuple(hashes), matched=owners_to_matches(owners),
+                                    inflight=inflight, work=work))
+    except picking.LimitReached:
+        return "limit"
     return picking.Pick(pick.address, pick.inflight, pick.matched_blocks, pick.reason)
 
 
@@ -242,14 +270,15 @@ def test_redis_script_and_python_pick_alike(redis_server):
             stamp = rng.choice([0, 40, 450])
             evicted = dict(zip(candidates, sizes)).get(owner, 0) > 0 and \
                 clocks.get(owner, 0) - stamp >= dict(zip(candidates, sizes))[owner]
-            owners.append(None if evicted else owner)
+            owners.append(EVICTED if evicted else owner)
             redis_server.command("SET", f"{prefix}:pc:{h}", f"{owner} {stamp}")
         gap, limit, rotation = rng.choice([-1, 0, 2]), rng.choice([0, 0, 3]), rng.randint(0, 99)
-        min_blocks, costed = rng.choice([0, 1, 3]), rng.random() < 0.7
+        min_ratio, costed = rng.choice([0.0, 0.2, 0.5]), rng.random() < 0.7
+        min_blocks = math.ceil(min_ratio * len(hashes))
         prompt_blocks = len(hashes) + rng.choice([0, 0, 5, 60])
         decode_cost = rng.choice([0, 4, 30])
         expected = python_pick(candidates, inflight, work, owners, costed, gap, limit, rotation,
-                               min_blocks, prompt_blocks, decode_cost)
+                               min_ratio, hashes, prompt_blocks, decode_cost)
         reply = redis_server.command(*resp_args(redis_state.pick_command(
             cluster, "me", 60000, rotation, candidates, hashes, costed, gap, limit, 600,
             min_blocks, str(case), prompt_blocks, decode_cost, sizes=sizes)))

@@ -5,7 +5,10 @@ from dataclasses import dataclass
 import pytest
 
 from ai_load_balancer import scheduling
+from ai_load_balancer.pipeline import Inputs
+from ai_load_balancer.policies.least_busy import NoMetrics
 from ai_load_balancer.recent_share import RecentShare
+from tests.llm_traffic import policy_for
 from ai_load_balancer.scheduling import Candidate, SchedRequest, Thresholds
 
 
@@ -71,36 +74,49 @@ def test_sheddable_request_only_goes_where_there_is_capacity():
         tree(sheddable, cands(a=M(waiting=9), b=M(waiting=2, kv_cache_usage=0.9)))
 
 
+def least_busy(**lb_config):
+    return policy_for("least_busy", **lb_config)
+
+
+def chosen(policy, metrics, rotation=0, **inputs):
+    return policy.choose(Inputs(tuple(sorted(metrics)), rotation, metrics=metrics,
+                                **inputs)).address
+
+
 def test_weighted_profile_combines_prefix_and_load():
-    request = SchedRequest("m", True, prompt_blocks=10)
-    hot = [Candidate("a", M(waiting=1, kv_cache_usage=0.5), prefix_blocks=10),
-           Candidate("b", M(waiting=0, kv_cache_usage=0.1), prefix_blocks=0)]
-    assert [c.address for c in scheduling.weighted(request, hot, scheduling.DEFAULT_WEIGHTS)] == ["a"]
-    swamped = [Candidate("a", M(waiting=30, kv_cache_usage=0.95), prefix_blocks=10),
-               Candidate("b", M(waiting=0, kv_cache_usage=0.1), prefix_blocks=0)]
-    assert [c.address for c in scheduling.weighted(request, swamped,
-                                                    scheduling.DEFAULT_WEIGHTS)] == ["b"]
+    weighted = least_busy(metric_policy="weighted")
+    assert weighted.hashes_prompt  # the prefix scorer needs the prompt's blocks
+    hashes = tuple(range(10))
+    hot = {"a": M(waiting=1, kv_cache_usage=0.5), "b": M(waiting=0, kv_cache_usage=0.1)}
+    assert chosen(weighted, hot, hashes=hashes, matched={"a": 10}) == "a"
+    swamped = {"a": M(waiting=30, kv_cache_usage=0.95), "b": M(waiting=0, kv_cache_usage=0.1)}
+    assert chosen(weighted, swamped, hashes=hashes, matched={"a": 10}) == "b"
 
 
 def test_least_and_most_by_target_metric():
-    replicas = cands(a=M(extra=(("vllm:num_requests_running", 4.0),)),
-                     b=M(extra=(("vllm:num_requests_running", 1.0),)))
-    assert [c.address for c in scheduling.extreme(replicas, "vllm:num_requests_running",
-                                                  False)] == ["b"]
-    assert [c.address for c in scheduling.extreme(replicas, "vllm:num_requests_running",
-                                                  True)] == ["a"]
+    replicas = {"a": M(extra=(("vllm:num_requests_running", 4.0),)),
+                "b": M(extra=(("vllm:num_requests_running", 1.0),))}
+    for rotation in range(2):
+        assert chosen(least_busy(metric_policy="least", target_metric="vllm:num_requests_running"),
+                      replicas, rotation) == "b"
+        assert chosen(least_busy(metric_policy="most", target_metric="vllm:num_requests_running"),
+                      replicas, rotation) == "a"
+
+
+def test_no_fresh_metrics_is_no_decision():
+    with pytest.raises(NoMetrics):
+        least_busy().choose(Inputs(("a", "b"), 0, metrics={}))
 
 
 def test_rate_limit_caps_a_replica_share():
     recent = RecentShare(window=10)
-    replicas = cands(a=M(), b=M())
     for _ in range(6):
         recent.record("a")
-    assert [c.address for c in recent.under(replicas, 0.5)] == ["b"]
-    assert [c.address for c in recent.under(replicas, 1.0)] == ["a", "b"]
-    assert [c.address for c in recent.under(replicas[:1], 0.5)] == ["a"]  # never empty
+    assert recent.under(["a", "b"], 0.5) == ["b"]
+    assert recent.under(["a", "b"], 1.0) == ["a", "b"]
+    assert recent.under(["a"], 0.5) == ["a"]  # never empty
 
 
 def test_picker_rotates_ties():
-    replicas = cands(a=M(), b=M(), c=M())
-    assert {scheduling.pick(replicas, r).address for r in range(3)} == {"a", "b", "c"}
+    replicas = {"a": M(), "b": M(), "c": M()}
+    assert {chosen(least_busy(), replicas, r) for r in range(3)} == {"a", "b", "c"}

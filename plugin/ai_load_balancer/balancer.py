@@ -11,17 +11,12 @@ from proxywasm.dispatcher import run_isolated
 
 from . import endpoints, redis_state, stats
 from .cluster_metrics import ServiceStats
-from .consistent_hash import HashRing
 from .embedded_inflight import EmbeddedInflight
-from .embedded_prefix_index import EmbeddedPrefixIndex, unknown_size
+from .embedded_prefix_index import EmbeddedPrefixIndex
 from .health import DEGRADED, HEALTHY, UNHEALTHY, Health
-from .least_busy import LeastBusy
-from .replica_capacity import ReplicaCapacity
-from .weighted_round_robin import SmoothWeightedRoundRobin
+from .policies import POLICIES
 
-METRICS_POLICIES = ("least_busy", "queue_depth")
 MAX_UNRELEASED = 4096
-REDIS_POLICIES = ("global_least_request", "prefix_cache")
 
 
 class Balancer:
@@ -41,30 +36,28 @@ class Balancer:
         self.redis = None             # the Redis cluster, once redis_init succeeded
         self.wants_redis = False      # configured with Redis (and the host has it)
         self.pick_script_cached = False  # Redis answered the pick script: EVALSHA from now
-        self.least_busy = self.health = self.inflight = self.prefix_index = None
-        self.capacity = None          # prefix_cache: each replica's KV cache size
-        self.round_robin = 0
-        self.wrr = SmoothWeightedRoundRobin()
-        self._ring = (None, None)     # (addresses, HashRing)
+        self.policy = self.health = self.inflight = self.prefix_index = None
         self.services = ServiceStats(config.services) if config.lb_type == "cluster" else None
-        if config.policy == "header" or config.lb_type != "endpoint":
+        if config.lb_type != "endpoint":
             return
         # State keys differ per configuration and agree across the VMs of a process.
-        state_id = hashlib.blake2b(f"{name}\0{config!r}".encode(), digest_size=6).hexdigest()
-        self.inflight = EmbeddedInflight(f"ailb:inflight:{state_id}", self.vm_id,
+        self.state_id = hashlib.blake2b(f"{name}\0{config!r}".encode(),
+                                        digest_size=6).hexdigest()
+        self.policy = POLICIES[config.policy](self)
+        if self.policy.headers_only:
+            return
+        self.inflight = EmbeddedInflight(f"ailb:inflight:{self.state_id}", self.vm_id,
                                          config.lease_s * 1000, self.limiter)
-        if config.policy == "prefix_cache":
-            self.capacity = ReplicaCapacity(config, f"ailb:kvcap:{state_id}", self.vm_id)
-        self.prefix_index = EmbeddedPrefixIndex(
-            state_id, config.index_capacity, config.key_ttl_s, self.limiter,
-            self.capacity.of if self.capacity else unknown_size)
-        self.health = Health(config.health, f"ailb:health:{state_id}", self.vm_id)
+        self.prefix_index = EmbeddedPrefixIndex(self.state_id, config.index_capacity,
+                                                config.key_ttl_s, self.limiter,
+                                                self.policy.capacity_of)
+        self.health = Health(config.health, f"ailb:health:{self.state_id}", self.vm_id)
         self.health.cluster = config.health.cluster
-        if config.policy in METRICS_POLICIES:
-            self.least_busy = LeastBusy(config.metrics, f"ailb:metrics:{state_id}", self.vm_id)
         self.inflight.create()
         self.health.create()
-        self.wants_redis = config.redis is not None and config.policy in REDIS_POLICIES
+        # Redis runs the preset only: lb_config's own filters or scorers decide here.
+        self.wants_redis = (config.redis is not None and bool(self.policy.redis_rule)
+                            and not self.policy.custom)
         if self.wants_redis and not hostcalls.has_capability("proxy_redis_init"):
             hostcalls.log(hostcalls.WARN, f"ai-load-balancer: {name}: Redis needs the higress "
                                           f"build (proxy_redis_call); keeping state embedded")
@@ -73,7 +66,7 @@ class Balancer:
 
     def describe(self):
         cfg = self.config
-        if cfg.policy == "header" or cfg.lb_type != "endpoint":
+        if self.inflight is None:
             return f"lb_policy={cfg.policy}"
         state = "redis" if self.redis else "redis (connecting)" if self.wants_redis \
             else "embedded"
@@ -114,8 +107,8 @@ class Balancer:
         period = min(cfg.lease_s * 1000 // 3, cfg.health.interval_ms)
         if self.wants_redis:
             period = min(period, max(20, cfg.redis.timeout_ms // 4))
-        if self.least_busy:
-            period = min(period, cfg.metrics.interval_ms)
+        if self.policy.tick_ms():
+            period = min(period, self.policy.tick_ms())
         return period
 
     def tick(self, now_ms):
@@ -128,12 +121,8 @@ class Balancer:
         if not endpoints.lists_hosts():  # Higress checks health itself
             run_isolated("health checks", self.health.tick, self.root, self.config.endpoints,
                          now_ms)
-        if self.least_busy and self.least_busy.scraper.cluster:
-            run_isolated("metrics scraping", self.least_busy.scraper.tick, self.root,
-                         self.config.endpoints, now_ms)
-        if self.capacity:
-            run_isolated("cache size scraping", self.capacity.tick, self.root,
-                         self.config.endpoints, now_ms)
+        run_isolated(f"{self.config.policy} tick", self.policy.tick, self.root,
+                     self.config.endpoints, now_ms)
         if self.redis:
             run_isolated("Redis lease renewal", self._renew_in_redis, now_ms)
 
@@ -200,10 +189,7 @@ class Balancer:
         """The routed cluster, seen on a request: scrapes and health checks go
         there unless lb_config.metricsCluster names one."""
         self.health.cluster = self.health.cluster or cluster
-        for scraper in (self.least_busy and self.least_busy.scraper,
-                        self.capacity and self.capacity.scraper):
-            if scraper and not scraper.cluster:
-                scraper.cluster = cluster
+        self.policy.learn_cluster(cluster)
 
     def candidates(self, now_ms):
         """(addresses, tier, hosts): the replicas a request may go to now. tier is
@@ -220,11 +206,3 @@ class Balancer:
         if tier != HEALTHY and degraded:
             return degraded, DEGRADED, hosts
         return addresses, tier if addresses else UNHEALTHY, hosts
-
-    def ring(self, addresses):
-        """The consistent-hash ring of these addresses (rebuilt when they change)."""
-        key = tuple(addresses)
-        if self._ring[0] != key:
-            self._ring = (key, HashRing(addresses))
-        return self._ring[1]
-

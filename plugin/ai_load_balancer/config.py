@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from .cluster_metrics import parse_services
 from .config_fields import (ALIASES, BY_NAME, CLUSTER_POLICIES, HEALTH_BY_NAME, LB_TYPES,
-                            ConfigError, Field, as_number, read)
-from .scheduling import DEFAULT_WEIGHTS, SCORERS
+                            SCRAPED, ConfigError, Field, as_number, read)
+from .pipeline import FILTERS, PICKERS, SCORERS, CustomProfile
 
 __all__ = ["ConfigError", "LBConfig", "parse_doc"]
 _WEIGHT = Field("weight", "int", 1, (), "a replica's weight", low=1, high=1000)
@@ -59,6 +59,7 @@ class LBConfig:
     failover: int = 0                      # fallback endpoints after the primary (Envoy retries)
     all_down: str = ""                     # "service_lb" | "503"
     services: object = None                # ClusterMetricsConfig (lb_type cluster)
+    profile: object = None                 # pipeline.CustomProfile: lb_config's filters, scorers, picker
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,6 @@ class MetricsConfig:
     metric_policy: str = "default"
     target_metric: str = ""
     rate_limit: float = 1.0
-    weights: tuple = DEFAULT_WEIGHTS
     queue_critical: int = 0
     queue_lora: int = 0
     kv_cache_threshold: float = 0.0
@@ -143,13 +143,14 @@ def parse_doc(doc, path=""):
         lease_s=lb.get("leaseSeconds"),
         debug_header=lb.get("debugHeader"),
         detail_log=lb.get("enableDetailLog"),
-        metrics=_metrics(lb, policy) if policy in ("least_busy", "queue_depth") else None,
+        metrics=_metrics(lb, policy) if policy in SCRAPED else None,
         weights=_endpoint_weights(lb),
         hash_key=_hash_key(lb),
         hash_load_factor=lb.get("hashLoadFactor"),
         health=_health(lb),
         failover=lb.get("failoverEndpoints"),
         all_down=lb.get("allDownBehavior"),
+        profile=_profile(lb),
     )
     return config, lb.unknown()
 
@@ -228,7 +229,6 @@ def _metrics(lb, policy):
         metric_policy=lb.get("metric_policy"),
         target_metric=_non_empty(lb, "target_metric"),
         rate_limit=lb.get("rate_limit"),
-        weights=_weights(lb),
         queue_critical=lb.get("queueThresholdCritical"),
         queue_lora=lb.get("queueingThresholdLoRA"),
         kv_cache_threshold=lb.get("kvCacheThreshold"),
@@ -237,10 +237,26 @@ def _metrics(lb, policy):
     )
 
 
-def _weights(lb):
-    scorers = lb.get("scorers")
-    if scorers is None:
-        return DEFAULT_WEIGHTS
+def _profile(lb):
+    """lb_config's replacements for the policy's preset profile, or None."""
+    filters, scorers, picker = lb.get("filters"), lb.get("scorers"), lb.get("picker")
+    if filters is None and scorers is None and not picker:
+        return None
+    if filters is not None and (not isinstance(filters, list)
+                                or not all(isinstance(n, str) for n in filters)):
+        raise ConfigError(f"{lb.path}.filters: must be a list of filter names")
+    for name in filters or ():
+        if name not in FILTERS:
+            raise ConfigError(f"{lb.path}.filters: unknown filter {name!r} "
+                              f"(known: {', '.join(sorted(FILTERS))})")
+    if picker and picker not in PICKERS:
+        raise ConfigError(f"{lb.path}.picker: unknown picker {picker!r} "
+                          f"(known: {', '.join(sorted(PICKERS))})")
+    return CustomProfile(None if filters is None else tuple(filters),
+                         None if scorers is None else _weights(lb, scorers), picker or None)
+
+
+def _weights(lb, scorers):
     if not isinstance(scorers, list) or not scorers:
         raise ConfigError(f"{lb.path}.scorers: must be a non-empty list of {{name, weight}}")
     weights = []

@@ -11,21 +11,18 @@ time only.
 import math
 from dataclasses import dataclass
 
-from . import simple_policies
+from .policies import POLICIES
 
 # lb_policy names, by lb_type. least_busy is endpoint_metrics' name in this project.
-STATEFUL = ("global_least_request", "prefix_cache", "least_busy", "least_connections",
-            "consistent_hash", "queue_depth")
-ENDPOINT_POLICIES = ("header",) + STATEFUL[:3] + tuple(simple_policies.POLICIES) + STATEFUL[3:]
+ENDPOINT_POLICIES = tuple(POLICIES)
 CLUSTER_POLICIES = ("cluster_metrics",)
 ALIASES = {"endpoint_metrics": "least_busy", "metrics_based": "least_busy"}
 LB_TYPES = {"endpoint": ENDPOINT_POLICIES, "cluster": CLUSTER_POLICIES}
 
 # Who reads what.
-PICKING = ENDPOINT_POLICIES[1:]                       # every endpoint policy but header
-REDIS = ("global_least_request", "prefix_cache")
-COUNTED = ("global_least_request", "prefix_cache", "least_connections",
-           "consistent_hash")                         # maxRequestCount
+PICKING = tuple(n for n, p in POLICIES.items() if not p.headers_only)  # all but header
+REDIS = tuple(n for n, p in POLICIES.items() if p.redis_rule)
+COUNTED = tuple(n for n, p in POLICIES.items() if "under_limit" in p.profile.filters)
 PREFIX = ("prefix_cache", "least_busy")               # the prefix index
 SCRAPED = ("least_busy", "queue_depth")
 BODY = ("prefix_cache", "least_busy", "consistent_hash")
@@ -131,8 +128,14 @@ LB_CONFIG_FIELDS = (
        "recent picks one replica (or service) may take", low=0.0, high=1.0, higress="same"),
     _f("criticalModels", "strings", [], ("least_busy",), "models whose requests are critical "
        "(never shed); empty: every request is critical"),
-    _f("scorers", "list", None, ("least_busy",), "`weighted` profile: [{name, weight}] of "
-       "queue, kv_cache, prefix, lora"),
+    _f("scorers", "list", None, PICKING, "replaces the preset's scorers: [{name, weight}] "
+       "of the registered scorers (least_request, prefill_cost, queue, kv_cache, prefix, lora, "
+       "...); least_busy's `weighted` preset: queue 2, kv_cache 2, prefix 3"),
+    _f("filters", "strings", None, PICKING, "replaces the preset's filters: names of the "
+       "registered filters, applied in order (under_limit, has_metrics, recent_share, "
+       "gie_tree, lowest_metric, highest_metric, ...)"),
+    _f("picker", "string", "", PICKING, "replaces the preset's picker: max_score, random, "
+       "round_robin, weighted_round_robin, hash_ring"),
     _f("queueThresholdCritical", "int", 5, ("least_busy",), "queue length under which a "
        "replica counts as lightly loaded", low=0),
     _f("queueingThresholdLoRA", "int", 50, ("least_busy",), "queue length under which LoRA "

@@ -1,11 +1,14 @@
-"""The HTTP filter: gathers a request's inputs, gets a decision, applies it.
+"""The HTTP filter: gathers a request's inputs, has its policy choose, applies
+the choice.
 
-Per stream: strip a client-sent override header; when the policy needs the
-body (prompt, model, a body hash key) wait for all of it (paused); take the
-usable replicas (health tiers); pick one (embedded state now, or one Redis round
-trip while the request stays paused); pin it and its fallbacks. When the
-response starts, feed passive health; when the stream ends, however it ends,
-release its in-flight count. Whatever fails, the request goes on to the
+Per stream: strip a client-sent override header; when the policy reads the
+body (prompt, model, a body hash key) wait for all of it (paused); gather what
+the policy declares it needs (the usable replicas by health tier, prompt
+blocks and who holds them, scraped metrics, a session key); choose (the
+policy's pipeline on embedded state now, or its preset in one Redis round trip
+while the request stays paused); apply: pin the pick and its fallbacks. When
+the response starts, feed passive health; when the stream ends, however it
+ends, release its in-flight count. Whatever fails, the request goes on to the
 service's own load balancing.
 """
 
@@ -16,18 +19,16 @@ from dataclasses import replace
 
 from proxywasm import CONTINUE, PAUSE, HttpContext, hostcalls, resp
 
-from . import (endpoint_override, endpoints, llm_request, picking, prefix_hash, redis_state,
-               simple_policies, stats)
-from .consistent_hash import bounded_pick
+from . import endpoint_override, endpoints, llm_request, prefix_hash, redis_state, stats
 from .health import DEGRADED
-from .least_busy import NoMetrics
+from .picking import LimitReached
+from .pipeline import Inputs
+from .policies.least_busy import NoMetrics
 from .scheduling import Shed
 from .shared_record import GaveUp
 
 DECISION_HEADER = "x-ailb-decision"
 LIMIT_MESSAGE = "every replica has maxRequestCount requests in flight"
-COUNTED = ("global_least_request", "prefix_cache", "least_connections", "consistent_hash")
-METRICS = ("least_busy", "queue_depth")
 
 
 class LoadBalancerStream(HttpContext):
@@ -39,8 +40,10 @@ class LoadBalancerStream(HttpContext):
         super().__init__(context_id, root)
         self.lb = None                # the Balancer of this request's configuration
         self.cfg = None               # its LBConfig
+        self.policy = None            # its Policy
         self.cluster = None
-        self.candidates, self.hashes, self.rotation = (), (), 0
+        self.inputs = None            # what the decision reads, once gathered
+        self.aging = False            # the prompt's prefix entries want writing again
         self.request = None           # the parsed LLM request, when the body was read
         self.hash_body = b""          # consistent_hash by a body field: the raw body
         self.awaiting_body = False    # paused until the whole body is here
@@ -62,17 +65,17 @@ class LoadBalancerStream(HttpContext):
         self.lb = self.root.balancer_for_request()
         if self.lb is None:
             return CONTINUE  # no rule and no global configuration: not ours
-        self.cfg = self.lb.config
+        self.cfg, self.policy = self.lb.config, self.lb.policy
         if self.lb.services is not None:
             return self._choose_service()
-        if self.cfg.policy == "header":
+        if self.policy.headers_only:
             wanted = hostcalls.get_header(hostcalls.REQUEST_HEADERS, self.cfg.header)
             if wanted:
                 endpoint_override.pin([wanted.strip()])
             return CONTINUE
         self.cluster = endpoints.cluster_name() or "default"
         self.lb.learn_cluster(self.cluster)
-        if self._needs_body() and not end_of_stream:
+        if self.policy.reads_body and not end_of_stream:
             length = hostcalls.get_header(hostcalls.REQUEST_HEADERS, "content-length")
             if length and length.isdigit() and int(length) > self.cfg.max_body_bytes:
                 # Buffering it could hit Envoy's buffer limit (a 413): route it unread.
@@ -80,11 +83,6 @@ class LoadBalancerStream(HttpContext):
             self.awaiting_body = True
             return PAUSE  # what the policy needs is in the body
         return self._decide()
-
-    def _needs_body(self):
-        cfg = self.cfg
-        return (cfg.policy in ("prefix_cache", "least_busy")
-                or (cfg.policy == "consistent_hash" and cfg.hash_key[0] == "body"))
 
     def on_request_body(self, body_size, end_of_stream):
         if not self.awaiting_body:
@@ -96,7 +94,7 @@ class LoadBalancerStream(HttpContext):
             return PAUSE  # buffer until the whole body is here
         self.awaiting_body = False
         body = hostcalls.get_buffer(hostcalls.REQUEST_BODY, 0, body_size)
-        if self.cfg.policy == "consistent_hash":
+        if self.policy.keyed:
             self.hash_body = body
         else:
             try:
@@ -186,7 +184,7 @@ class LoadBalancerStream(HttpContext):
             self.lb.release_in_redis(self.cluster, self.request_id)
         self.counted_in = None
 
-    # --- deciding -----------------------------------------------------------------
+    # --- deciding: gather, choose, apply --------------------------------------------
 
     def _decide(self):
         self.started_ns = now_ns = hostcalls.now_ns()
@@ -196,24 +194,36 @@ class LoadBalancerStream(HttpContext):
         if tier == DEGRADED:
             self.lb.limiter.log(hostcalls.WARN, "degraded", "no healthy replica; using "
                                   "degraded ones")
-        self.candidates = candidates
-        self.rotation = int.from_bytes(os.urandom(2), "little")
-        policy = self.cfg.policy
-        if self.request is not None and (policy == "prefix_cache" or (
-                policy == "least_busy" and self.lb.least_busy.uses_prefix)):
-            self.hashes = prefix_hash.block_hashes(self.request.cache_namespace,
-                                                   self.request.prompt, self.cfg.block_size,
-                                                   self.cfg.max_blocks)
-        if self.lb.capacity and self.hashes:
-            self.lb.capacity.refresh(hosts, now_ns // 1_000_000)
-        if policy in METRICS:
-            return self._decide_by_metrics(hosts)
-        if policy in COUNTED:
-            self.lb.connect_redis()  # a no-op once connected
+        try:
+            self.inputs = self._gather(candidates, hosts, now_ns)
+        except NoMetrics:
+            return self._no_metrics()
+        policy = self.policy
+        if not policy.counts:
+            self.state = "local"
+            return self._apply(policy.choose(self.inputs))
+        if policy.redis_rule:
+            self.lb.connect_redis()  # a no-op once connected (or without Redis)
             if self.lb.redis:
                 return self._ask_redis()
-            return self._decide_embedded()
-        return self._decide_stateless()
+        return self._choose_embedded()
+
+    def _gather(self, candidates, hosts, now_ns):
+        """The policy's inputs, from what it declares it needs."""
+        policy, now_ms = self.policy, now_ns // 1_000_000
+        fields = {}
+        policy.before_gathering(hosts, now_ms)
+        if policy.hashes_prompt and self.request is not None:
+            fields["hashes"] = prefix_hash.block_hashes(
+                self.request.cache_namespace, self.request.prompt, self.cfg.block_size,
+                self.cfg.max_blocks)
+            fields["prompt_blocks"] = len(self.request.prompt) // self.cfg.block_size
+        if policy.scraped:
+            fields["metrics"] = policy.read_metrics(hosts, now_ms)
+        if policy.keyed:
+            fields["key"] = self._hash_key()
+        return Inputs(tuple(candidates), int.from_bytes(os.urandom(2), "little"),
+                      self.request, **fields)
 
     def _all_down(self):
         stats.count("ailb.fallbacks.no_usable_replica")
@@ -224,42 +234,37 @@ class LoadBalancerStream(HttpContext):
                               "load balancing decides")
         return CONTINUE
 
-    def _decide_stateless(self):
-        """A simple_policies policy: no shared state needed."""
-        pick = simple_policies.POLICIES[self.cfg.policy]
-        address = pick(self.lb, self.candidates, self.rotation)
-        self.state = "local"
-        return self._apply(picking.Pick(address, 0, 0, self.cfg.policy))
+    def _no_metrics(self):
+        stats.count("ailb.fallbacks.no_metrics")
+        self.lb.limiter.log(hostcalls.WARN, "no metrics", "no replica has fresh metrics; "
+                              "the service's load balancing decides")
+        return CONTINUE
 
-    def _decide_embedded(self):
-        now_ns = hostcalls.now_ns()
-        matched, aging = self.lb.prefix_index.matches(self.hashes, now_ns // 1_000_000_000)
-        cfg = self.cfg
-
-        def choose(inflight, work):
-            eligible = picking.under_limit(self.candidates, inflight, cfg.max_request_count)
-            if not eligible:
-                raise redis_state.LimitReached()
-            if cfg.policy == "prefix_cache":
-                return picking.least_cost(eligible, inflight, work, matched,
-                                          self._prompt_blocks(), cfg.decode_cost, self.rotation,
-                                          self._min_blocks(), cfg.max_load_gap)
-            if cfg.policy == "consistent_hash":
-                address, reason = bounded_pick(self.lb.ring(eligible), self._hash_key(),
-                                               inflight, cfg.hash_load_factor)
-                return picking.Pick(address, inflight.get(address, 0), 0, reason)
-            return picking.least_request(eligible, inflight, self.rotation)
-
-        self.state = "embedded"
+    def _choose_embedded(self):
+        """The policy chooses on this Envoy's shared counts, and the pick is
+        counted in the same compare-and-swap."""
+        now_ms = hostcalls.now_ns() // 1_000_000
+        if self.inputs.hashes:  # who holds the prompt's blocks, by this Envoy's index
+            matched, self.aging = self.lb.prefix_index.matches(self.inputs.hashes, now_ms // 1000)
+            self.inputs = replace(self.inputs, matched=matched)
+        inputs = self.inputs
         try:
-            pick = self.lb.inflight.take(choose, now_ns // 1_000_000)
-        except redis_state.LimitReached:
+            pick = self.lb.inflight.take(
+                lambda inflight, work: self.policy.choose(replace(inputs, inflight=inflight,
+                                                                  work=work)), now_ms)
+        except LimitReached:
             return self._reject(429, LIMIT_MESSAGE, "rate_limit_exceeded")
+        except Shed:
+            return self._reject(429, "no replica has capacity for this sheddable request",
+                                "rate_limit_exceeded")
+        except NoMetrics:
+            return self._no_metrics()
         except GaveUp:  # counted and logged by the shared record
             stats.count("ailb.fallbacks.contention")
             return CONTINUE
         self.counted_in = "embedded"
-        self._record_prefix(pick.address, matched, aging, now_ns // 1_000_000_000)
+        self.state = "metrics" if self.policy.scraped else "embedded"
+        self._record_prefix(pick.address, now_ms // 1000)
         return self._apply(pick)
 
     def _hash_key(self):
@@ -272,69 +277,27 @@ class LoadBalancerStream(HttpContext):
             value = ""  # not JSON, not an object, a BOM (no codec in wasm), too deep
         return value if isinstance(value, str) else json.dumps(value)
 
-    def _decide_by_metrics(self, hosts):
-        lb = self.lb.least_busy
-        now_ns = hostcalls.now_ns()
-        now_ms, now_s = now_ns // 1_000_000, now_ns // 1_000_000_000
-        metrics = ((hosts and lb.scraper.from_upstream_hosts(hosts, now_ms))
-                   or lb.scraper.snapshot(now_ms))
-        matched, aging = {}, False
-        if self.hashes:
-            matched, aging = self.lb.prefix_index.matches(self.hashes, now_s)
-        model = self.request.model if self.request else ""
-
-        def choose(inflight, work):
-            # Requests sent since the last scrape are not in the replicas' metrics
-            # yet: without them, every request until the next scrape would herd
-            # onto the replica that looked idle. The counts are this gateway's.
-            return lb.choose(lb.with_inflight(metrics, inflight, self.candidates),
-                             self.candidates, model, len(self.hashes), matched, self.rotation)
-
-        try:
-            pick = self.lb.inflight.take(choose, now_ms)
-        except NoMetrics:
-            stats.count("ailb.fallbacks.no_metrics")
-            self.lb.limiter.log(hostcalls.WARN, "no metrics", "no replica has fresh metrics; "
-                                  "the service's load balancing decides")
-            return CONTINUE
-        except Shed:
-            return self._reject(429, "no replica has capacity for this sheddable request",
-                                "rate_limit_exceeded")
-        except GaveUp:  # counted and logged by the shared record
-            stats.count("ailb.fallbacks.contention")
-            return CONTINUE
-        self.counted_in = "embedded"
-        self.state = "metrics"
-        self._record_prefix(pick.address, matched, aging, now_s)
-        return self._apply(pick)
-
-    def _record_prefix(self, address, matched, aging, now_s):
+    def _record_prefix(self, address, now_s):
         """The prompt's blocks are held by `address` now (written again from the
         first one when its entries are aging)."""
-        if self.hashes:
-            held = matched.get(address, 0)
-            self.lb.prefix_index.record(self.hashes, address, now_s, 0 if aging else held,
-                                        max(0, self._prompt_blocks() - held))
-
-    def _min_blocks(self):
-        """The shortest prefix match that counts (minMatchRatio of the prompt)."""
-        return math.ceil(self.cfg.min_match_ratio * len(self.hashes))
-
-    def _prompt_blocks(self):
-        """The prompt's length in prefix blocks (all of it, hashed or not)."""
-        return len(self.request.prompt) // self.cfg.block_size if self.request else 0
+        inputs = self.inputs
+        if inputs.hashes:
+            held = inputs.matched.get(address, 0)
+            self.lb.prefix_index.record(inputs.hashes, address, now_s, 0 if self.aging else held,
+                                        max(0, inputs.prompt_blocks - held))
 
     # --- Redis ------------------------------------------------------------------------
 
     def _ask_redis(self):
         cfg = self.cfg
         self.request_id = self.request_id or self.lb.next_request_id()
+        inputs, policy = self.inputs, self.policy
         command = redis_state.pick_command(
-            self.cluster, self.lb.vm_id, cfg.lease_s * 1000, self.rotation, self.candidates,
-            self.hashes, cfg.policy == "prefix_cache", cfg.max_load_gap, cfg.max_request_count,
-            cfg.key_ttl_s, self._min_blocks(), self.request_id, self._prompt_blocks(),
-            cfg.decode_cost, self.lb.pick_script_cached,
-            [self.lb.capacity.of(a) for a in self.candidates] if self.lb.capacity else ())
+            self.cluster, self.lb.vm_id, cfg.lease_s * 1000, inputs.rotation, inputs.candidates,
+            inputs.hashes, policy.redis_rule == "cost", cfg.max_load_gap, cfg.max_request_count,
+            cfg.key_ttl_s, math.ceil(cfg.min_match_ratio * len(inputs.hashes)), self.request_id,
+            inputs.prompt_blocks, cfg.decode_cost, self.lb.pick_script_cached,
+            [policy.capacity_of(a) for a in inputs.candidates] if inputs.hashes else ())
         try:
             # Owned by the root: its answer arrives even if this stream is gone,
             # so a count Redis made for it can always be released. The stream
@@ -344,7 +307,7 @@ class LoadBalancerStream(HttpContext):
                                  on_timeout=self._redis_timed_out)
         except Exception as exc:  # the host refused the call: Redis is not usable now
             self._redis_failed(f"redis call failed: {exc}")
-            return self._decide_embedded()
+            return self._choose_embedded()
         self.awaiting_redis = True
         return PAUSE
 
@@ -382,12 +345,12 @@ class LoadBalancerStream(HttpContext):
             if status != 0:  # no answer: the pick may still have run, or may run later
                 self.lb.release_in_redis(self.cluster, self.request_id)
             self._redis_failed(failure)
-            action = self._decide_embedded()
+            action = self._choose_embedded()
         else:
             self.state, self.counted_in = "redis", "redis"
             self.lb.redis_clusters.add(self.cluster)
-            if self.cfg.policy == "prefix_cache":  # the work the script counted
-                pick = replace(pick, work=self._prompt_blocks() - pick.matched_blocks)
+            if self.policy.redis_rule == "cost":  # the work the script counted
+                pick = replace(pick, work=self.inputs.prompt_blocks - pick.matched_blocks)
             action = self._apply(pick)
         if action == CONTINUE:
             self.resume_request()
@@ -399,7 +362,7 @@ class LoadBalancerStream(HttpContext):
             return
         self._stop_waiting_on_redis()
         self._redis_failed(f"no reply within {self.cfg.redis.timeout_ms} ms")
-        if self._decide_embedded() == CONTINUE:
+        if self._choose_embedded() == CONTINUE:
             self.resume_request()
 
     def _redis_failed(self, why):
@@ -422,14 +385,15 @@ class LoadBalancerStream(HttpContext):
         self.pick = pick
         if pick.work:
             self.want_once("on_response_body")  # uncount the work at the first byte
-        n = len(self.candidates)
-        others = [self.candidates[(self.rotation + i) % n] for i in range(n)]
+        candidates, rotation = self.inputs.candidates, self.inputs.rotation
+        n = len(candidates)
+        others = [candidates[(rotation + i) % n] for i in range(n)]
         fallbacks = [a for a in others if a != pick.address][:self.cfg.failover]
         self.pinned = endpoint_override.pin([pick.address] + fallbacks)
         stats.count(f"ailb.decisions.{self.cfg.policy}.{pick.reason}")
         stats.count(f"ailb.endpoint.{stats.label(pick.address)}.requests")
-        if self.cfg.policy == "prefix_cache":
-            stats.count("ailb.prefix.hits" if pick.reason == "prefix_match" else "ailb.prefix.misses")
+        if self.policy.hashes_prompt:
+            stats.count("ailb.prefix.hits" if pick.matched_blocks else "ailb.prefix.misses")
         stats.record("ailb.decision_us", (hostcalls.now_ns() - self.started_ns) // 1000)
         if self.cfg.detail_log:
             hostcalls.log(hostcalls.INFO, f"ai-load-balancer: {self.cluster} -> {pick.address} "

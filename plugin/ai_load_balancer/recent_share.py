@@ -10,14 +10,14 @@ class RecentShare:
         self._recent = deque(maxlen=window)
         self._counts = {}
 
-    def under(self, candidates, limit):
-        """The candidates whose share of recent decisions is below `limit`; all of
+    def under(self, addresses, limit):
+        """The addresses whose share of recent decisions is below `limit`; all of
         them when that would leave none, or when limit is 1."""
         if limit >= 1.0 or not self._recent:
-            return candidates
+            return addresses
         size = len(self._recent)
-        kept = [c for c in candidates if self._counts.get(c.address, 0) / size < limit]
-        return kept or candidates
+        kept = [a for a in addresses if self._counts.get(a, 0) / size < limit]
+        return kept or addresses
 
     def record(self, address):
         if len(self._recent) == self._recent.maxlen:

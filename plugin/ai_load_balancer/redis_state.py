@@ -10,7 +10,8 @@ Keys, all under one hash tag so a Redis Cluster keeps them in one slot:
                                        prompt-prefix block, and its clock then
   ailb:{<cluster>}:clk          HASH  replica address -> prompt blocks sent there to compute
 
-The pick script applies picking.py's rules to the sums over live gateways and
+The pick script applies the preset rules of global_least_request and
+prefix_cache (policies/least_request.py, policies/prefix_cache.py) to the sums over live gateways and
 counts the pick in the same step, so a count can never be read stale by another
 gateway. It records the prompt's blocks for the pick from the first one the
 pick does not hold yet (all of them when the first block has less than half its
@@ -30,7 +31,7 @@ import hashlib
 
 from proxywasm import resp
 
-from .picking import Pick
+from .picking import LimitReached, Pick
 
 # ARGV: gateway, lease_ms, rotation, mode ("cost": prefix_cache's cost model,
 #       "lr": least request), max_load_gap (-1: off), limit (0: none), ttl_s,
@@ -84,9 +85,10 @@ if nh > 0 then
     local a, st = string.match(owners[i], '^(.*) (%d+)$')
     if not a then break end
     local age = (clock[a] or 0) - tonumber(st)
-    if (size[a] or 0) > 0 and age >= size[a] then break end
-    matched[a] = i
-    if i == 1 then first = {a, age} end
+    if (size[a] or 0) <= 0 or age < size[a] then  -- else evicted there: a later block may live
+      matched[a] = i
+      if i == 1 then first = {a, age} end
+    end
   end
 end
 local n = #cands
@@ -189,10 +191,6 @@ return 1
 PICK_SHA = hashlib.sha1(PICK_SCRIPT.encode()).hexdigest()
 
 
-class LimitReached(Exception):
-    """Every replica already has maxRequestCount requests in flight."""
-
-
 class NoScript(Exception):
     """Redis does not hold the pick script (restarted, or flushed): nothing was
     counted; send it again with EVAL."""
@@ -207,7 +205,7 @@ def pick_command(cluster, gateway, lease_ms, rotation, candidates, hashes=(), co
                  prompt_blocks=0, decode_cost=0, cached=False, sizes=()):
     """The script call that picks among `candidates` and counts the pick for
     `request_id` (unique per gateway among its requests in flight). `costed`:
-    prefix_cache's pick (picking.least_cost), otherwise least request.
+    prefix_cache's preset, otherwise global_least_request's.
     `sizes`: each candidate's KV cache in index blocks (0 or missing: unknown).
     `cached`: Redis holds the script, send its SHA1 only (EVALSHA)."""
     head = ("EVALSHA", PICK_SHA) if cached else ("EVAL", PICK_SCRIPT)

@@ -50,6 +50,13 @@ class ReplicaCapacity:
             if m.cache_tokens:
                 self._tokens[address] = m.cache_tokens
 
+    def tick_ms(self):
+        return SCRAPE_MS if self.scraper is not None else 0
+
     def tick(self, root, endpoints, now_ms):
-        if self.scraper is not None and self.scraper.cluster:
+        if self.scraper is not None:
             self.scraper.tick(root, endpoints, now_ms)
+
+    def learn_cluster(self, cluster):
+        if self.scraper is not None and not self.scraper.cluster:
+            self.scraper.cluster = cluster

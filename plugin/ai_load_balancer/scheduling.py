@@ -1,15 +1,8 @@
-"""least_busy's scheduler, as gateway-api-inference-extension (GIE) builds it:
-filters narrow the candidates, scorers rate them in [0, 1] with weights, a
-picker takes the best. Pure: candidates (with their scraped metrics) in, a
-choice out. Filters and scorers are registered by name and configured by name.
-
-Three profiles:
-  default   GIE's filter tree: critical requests go through low-queue ->
-            LoRA affinity / can-load-LoRA -> least queue -> least KV cache;
-            sheddable ones only to replicas with spare capacity, else shed.
-  weighted  weighted scorers (GIE's default weights: queue 2, kv_cache 2,
-            prefix 3), so prefix affinity and load combine in one score.
-  least / most  the replica with the smallest / largest `target_metric`.
+"""GIE's filter tree for least_busy's default preset (policies/least_busy.py
+runs it as the pipeline filter `gie_tree`): critical requests go through
+low-queue -> LoRA affinity / can-load-LoRA -> least queue -> least KV cache;
+sheddable ones only to replicas with spare capacity, else shed. Pure:
+candidates (with their scraped metrics) in, the ones kept out.
 """
 
 from dataclasses import dataclass
@@ -26,7 +19,6 @@ class Candidate:
 class SchedRequest:
     model: str               # the model or LoRA adapter the request names
     critical: bool
-    prompt_blocks: int = 0   # blocks of the prompt (prefix scorer's denominator)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,57 +117,3 @@ def run_tree(node, request, candidates, thresholds):
         else:
             node = node.on_failure
     return candidates
-
-
-# --- scorers: (request, candidates) -> a score in [0, 1] per candidate -----------------
-
-def _inverted(values):
-    low, high = min(values), max(values)
-    return [1.0 if high == low else (high - v) / (high - low) for v in values]
-
-
-def queue_score(request, candidates):
-    return _inverted([c.metrics.waiting for c in candidates])
-
-
-def kv_cache_score(request, candidates):
-    return [max(0.0, 1.0 - c.metrics.kv_cache_usage) for c in candidates]
-
-
-def prefix_score(request, candidates):
-    total = request.prompt_blocks
-    return [c.prefix_blocks / total if total else 0.0 for c in candidates]
-
-
-def lora_score(request, candidates):
-    affine = set(c.address for c in lora_affinity(request, candidates, None))
-    loadable = set(c.address for c in can_load_lora(request, candidates, None))
-    return [1.0 if c.address in affine else 0.5 if c.address in loadable else 0.0
-            for c in candidates]
-
-
-SCORERS = {"queue": queue_score, "kv_cache": kv_cache_score, "prefix": prefix_score,
-           "lora": lora_score}
-DEFAULT_WEIGHTS = (("queue", 2.0), ("kv_cache", 2.0), ("prefix", 3.0))
-
-
-def weighted(request, candidates, weights):
-    """The candidates with the highest weighted score (ties kept for the picker)."""
-    totals = [0.0] * len(candidates)
-    for name, weight in weights:
-        for i, score in enumerate(SCORERS[name](request, candidates)):
-            totals[i] += weight * score
-    best = max(totals)
-    return [c for c, total in zip(candidates, totals) if total >= best - 1e-9]
-
-
-def extreme(candidates, metric, largest):
-    """least / most: the candidates with the smallest (largest) `metric` value."""
-    values = [dict(c.metrics.extra).get(metric, 0.0) for c in candidates]
-    target = max(values) if largest else min(values)
-    return [c for c, v in zip(candidates, values) if v == target]
-
-
-def pick(candidates, rotation):
-    """The picker: one of the remaining candidates, rotating ties."""
-    return candidates[rotation % len(candidates)]

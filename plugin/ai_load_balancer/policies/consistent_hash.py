@@ -2,11 +2,17 @@
 (Mirrokni et al., "Consistent Hashing with Bounded Loads"): a key goes to the
 first replica clockwise from its hash whose in-flight count is below
 ceil(factor * (total + 1) / replicas), so one heavy key cannot overload a replica.
+The key is a request header or a field of the JSON body (lb_config.hashKey);
+in-flight counts are per Envoy process.
 """
 
 import bisect
 import hashlib
 import math
+
+from ..picking import Pick
+from ..pipeline import Profile, picker
+from .base import Policy, register
 
 VIRTUAL_NODES = 160
 
@@ -47,3 +53,38 @@ def bounded_pick(ring, key, inflight, factor):
         if inflight.get(address, 0) < bound:
             return address, "hash" if address == first else "bounded_load"
     return first, "hash"
+
+
+@picker("hash_ring")
+def hash_ring(inputs, policy, addresses, scores):
+    address, policy.last_reason = bounded_pick(policy.ring(addresses), inputs.key,
+                                               inputs.inflight, policy.config.hash_load_factor)
+    return address
+
+
+@register
+class ConsistentHash(Policy):
+    name = "consistent_hash"
+    profile = Profile(("under_limit",), picker="hash_ring")
+    keyed = True
+    counts = True
+
+    def __init__(self, balancer):
+        super().__init__(balancer)
+        self._ring = (None, None)  # (addresses, HashRing)
+        self.last_reason = "hash"
+
+    @property
+    def reads_body(self):
+        return self.config.hash_key[0] == "body"
+
+    def ring(self, addresses):
+        """The hash ring of these addresses (rebuilt when they change)."""
+        key = tuple(addresses)
+        if self._ring[0] != key:
+            self._ring = (key, HashRing(addresses))
+        return self._ring[1]
+
+    def explain(self, inputs, address, kept):
+        reason = self.last_reason if self.profile.picker == "hash_ring" else self.name
+        return Pick(address, inputs.inflight.get(address, 0), 0, reason)
