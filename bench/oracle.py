@@ -16,7 +16,7 @@ pulls every new conversation to one replica), applied with exact knowledge
 instead of estimates.
 
 So the oracle shows what exact cache knowledge buys with simple rules; the
-gateway only sees what it routed, keeps one replica per block, cannot see
+gateway only sees what it routed, keeps three replicas per block, estimates
 evictions, and counts in-flight requests per gateway. It is not a bound: a
 better rule on estimates can beat it.
 

@@ -8,10 +8,12 @@ PINNED_BY_CLIENT = ("oracle", "plugin idle")
 def plugin_config(policy, endpoints, **fields):
     """{"lb_policy", "lb_config"} for `policy`: a plugin policy name, or
     "least_busy-weighted" (least_busy with metric_policy weighted), or one of
-    PINNED_BY_CLIENT. `fields` go into lb_config last."""
+    PINNED_BY_CLIENT; "NAME@variant" is NAME (the caller gives the variant's
+    fields). `fields` go into lb_config last."""
     if policy in PINNED_BY_CLIENT:
         return {"lb_policy": "header"}
     config = {"endpoints": list(endpoints)}
+    policy = policy.split("@", 1)[0]
     name = policy
     if policy.startswith("least_busy"):
         name = "least_busy"

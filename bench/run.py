@@ -21,6 +21,8 @@ Policies:
   oracle                 the plugin's `header` policy; the client pins each
                          request to the replica its exact cache model says
                          holds the longest prefix (bench/oracle.py)
+  POLICY@NAME            a variant of a plugin policy, run side by side with it:
+                         its lb_config fields from --lb-config POLICY@NAME=JSON
 Measured at the client: TTFT, end-to-end latency, output tokens/s; from the
 replicas' own /metrics: prefix-cache hit rate (vllm:prefix_cache_hits_total /
 queries_total deltas) and requests per replica; from Envoy: its CPU time.
@@ -331,8 +333,9 @@ def parse_args(argv):
     args.workloads = SUITE if args.workloads == "all" else args.workloads.split(",")
     args.policies = args.policies.split(",")
     for p in args.policies:
-        if p not in POLICIES:
-            parser.error(f"unknown policy {p!r}; known: {', '.join(POLICIES)}")
+        if p.split("@", 1)[0] not in POLICIES:
+            parser.error(f"unknown policy {p!r}; known: {', '.join(POLICIES)} (a variant: "
+                         f"POLICY@NAME, its fields given with --lb-config POLICY@NAME=JSON)")
     params = {}
     for item in args.param:
         key, sep, value = item.partition("=")

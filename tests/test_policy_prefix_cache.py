@@ -141,18 +141,13 @@ def fill_replica(host, address, blocks, salt):
     raise AssertionError(f"{address} got only {sent} blocks")
 
 
-@pytest.mark.parametrize("kv_tokens, forgotten", [(2400, True), (-1, False)])
+@pytest.mark.parametrize("kv_tokens, forgotten", [(1200, True), (-1, False)])
 @pytest.mark.parametrize("state", ["embedded", "redis"])
 def test_the_index_forgets_what_the_replica_evicted(make_host, redis_server, state, kv_tokens,
                                                     forgotten):
-    # 2400 tokens = 150 blocks of 64 bytes: once the replica computed that much
-    # since, the document's prefix is gone from its cache, and from the index.
-    if state == "redis":
-        clear_redis(redis_server)
-        host = start(make_host, "prefix_cache", target="higress", redis_server=redis_server,
-                     kvCacheTokens=kv_tokens)
-    else:
-        host = start(make_host, "prefix_cache", kvCacheTokens=kv_tokens)
+    # 1200 tokens = 75 blocks of 64 bytes: once the replica computed twice that
+    # (replica_capacity.MARGIN) since, the index takes the document as evicted.
+    host = start_in(state, make_host, redis_server, kvCacheTokens=kv_tokens)
     first = route(host, chat_body(DOCUMENT, "q1"))
     assert route(host, chat_body(DOCUMENT, "q2"))["reason"] == "prefix_match"
     fill_replica(host, first["address"], 150, "a")
@@ -164,12 +159,46 @@ def test_the_index_forgets_what_the_replica_evicted(make_host, redis_server, sta
 
 
 def test_a_prefix_in_use_is_not_forgotten(make_host):
-    host = start(make_host, "prefix_cache", kvCacheTokens=2400)
+    host = start(make_host, "prefix_cache", kvCacheTokens=1200)  # forgotten after 150 blocks
     first = route(host, chat_body(DOCUMENT, "q0"))
     for turn in range(1, 5):  # 4 x 60 blocks sent to its replica, more than it holds
         fill_replica(host, first["address"], 60, turn)
         again = route(host, chat_body(DOCUMENT, f"q{turn}"))
         assert (again["address"], again["reason"]) == (first["address"], "prefix_match")
+
+
+def start_in(state, make_host, redis_server, **fields):
+    """prefix_cache with its state embedded (stock Envoy) or in Redis (Higress)."""
+    if state == "redis":
+        clear_redis(redis_server)
+        return start(make_host, "prefix_cache", target="higress", redis_server=redis_server,
+                     **fields)
+    return start(make_host, "prefix_cache", **fields)
+
+
+def send_decided(host, body):
+    """Starts a request and lets it be decided (Redis: its reply), not ended."""
+    cid, action = send(host, body)
+    if action == PAUSE:
+        host.run_callouts()
+    return cid, decision(host, cid)
+
+
+@pytest.mark.parametrize("state", ["embedded", "redis"])
+def test_a_prefix_on_two_replicas_is_matched_on_both(make_host, redis_server, state):
+    # decodeCost 1000: a request in flight outweighs any prefix, so each request
+    # goes to an idle replica, a holder of its prefix if one is idle.
+    host = start_in(state, make_host, redis_server, decodeCost=1000)
+    a = route(host, chat_body(DOCUMENT, "q1"))["address"]
+    on_a, first = send_decided(host, chat_body(DOCUMENT, "q2"))
+    assert first["address"] == a
+    on_b, b = send_decided(host, chat_body(DOCUMENT, "q3"))  # a is busy: computed on another
+    assert b["address"] != a and b["reason"] == "least_load"
+    finish(host, on_a)
+    host.run_callouts()
+    again = route(host, chat_body(DOCUMENT, "q4"))  # b is busy, a still holds the document
+    assert (again["address"], again["reason"]) == (a, "prefix_match")
+    finish(host, on_b)
 
 
 def test_replica_that_left_is_not_chosen(make_host):

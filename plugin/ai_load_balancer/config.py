@@ -59,7 +59,7 @@ class LBConfig:
     failover: int = 0                      # fallback endpoints after the primary (Envoy retries)
     all_down: str = ""                     # "service_lb" | "503"
     services: object = None                # ClusterMetricsConfig (lb_type cluster)
-    profile: object = None                 # pipeline.CustomProfile: lb_config's filters, scorers, picker
+    profile: object = None                 # pipeline.CustomProfile (filters, scorers, picker)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,14 +1,17 @@
-"""Which replica served which prompt prefix, shared by the worker VMs of one
+"""Which replicas served which prompt prefix, shared by the worker VMs of one
 Envoy process, in a fixed number of shared-data slots.
 
 Shared data cannot delete keys, so the index is a direct-mapped table: block
-hash h lives in slot h mod capacity, as "<hash> <address> <expiry_s> <stamp>".
-A newer block that lands in the same slot replaces the older one, so memory
-stays bounded at `capacity` entries; entries also expire after the TTL.
+hash h lives in slot h mod capacity, as "<hash> <holder> [<holder> ...]", each
+holder "<address> <expiry_s> <stamp>", the latest first, at most HOLDERS (a
+prefix sent to two replicas is held by both: the cost model can then spread
+its requests over them). A newer block that lands in the same slot replaces
+the older one, so memory stays bounded at `capacity` entries; holders also
+expire after the TTL.
 
 A replica forgets too: its KV cache holds so many blocks and evicts the least
 recently used. Each replica has a clock, the prompt blocks sent there to be
-computed so far (`ailb:pcclk:<namespace>:<address>`); an entry is stamped with
+computed so far (`ailb:pcclk:<namespace>:<address>`); a holder is stamped with
 its replica's clock when recorded, and is gone once the clock has run more than
 the replica's cache size past its stamp (capacity_of(address) blocks; 0:
 unknown, never forgotten this way). A prefix that is used again is re-stamped
@@ -25,6 +28,8 @@ one collision costs one more read, not the rest of the match.
 from proxywasm import hostcalls
 
 from .shared_record import GaveUp, SharedRecord
+
+HOLDERS = 3
 
 
 def unknown_size(address):
@@ -50,57 +55,68 @@ class EmbeddedPrefixIndex:
         raw, _ = hostcalls.get_shared_data(self._clock_record(address).key)
         return int(raw) if raw else 0
 
-    def _entry(self, block_hash, now_s, clocks):
-        """(address, expiry_s, age in blocks) of a live entry for this exact
-        block, or None. `clocks`: address -> clock, filled as read."""
-        value, _ = hostcalls.get_shared_data(self._slot(block_hash))
+    @staticmethod
+    def _stored(value, block_hash):
+        """[(address, expiry_s, stamp), ...] stored for this exact block."""
         if value is None:
-            return None
+            return []
         parts = value.decode().split(" ")
-        if len(parts) != 4:
-            return None  # not an entry of this layout
-        stored_hash, address, expiry, stamp = parts
-        if stored_hash != block_hash or int(expiry) <= now_s:
-            return None
-        if address not in clocks:
-            clocks[address] = self._clock(address)
-        age, size = clocks[address] - int(stamp), self.capacity_of(address)
-        if size > 0 and age >= size:
-            return None  # the replica has computed its cache's worth since: evicted
-        return address, int(expiry), age
+        if parts[0] != block_hash or len(parts) % 3 != 1:
+            return []  # another block's slot now, or not an entry of this layout
+        return [(parts[i], int(parts[i + 1]), int(parts[i + 2]))
+                for i in range(1, len(parts), 3)]
+
+    def _holders(self, block_hash, now_s, clocks):
+        """[(address, expiry_s, age in blocks), ...]: the live holders of this
+        block, latest first. `clocks`: address -> clock, filled as read."""
+        value, _ = hostcalls.get_shared_data(self._slot(block_hash))
+        live = []
+        for address, expiry, stamp in self._stored(value, block_hash):
+            if expiry <= now_s:
+                continue
+            if address not in clocks:
+                clocks[address] = self._clock(address)
+            age, size = clocks[address] - stamp, self.capacity_of(address)
+            if size <= 0 or age < size:  # else the replica has computed its cache's worth since
+                live.append((address, expiry, age))
+        return live
 
     def matches(self, hashes, now_s):
-        """({address: leading blocks it holds}, aging) for the replica holding the
+        """({address: leading blocks it holds}, aging) for the replicas holding the
         longest recorded prefix and, sampled, for replicas holding shorter ones.
-        `aging`: that replica's first block has less than half its TTL left, or
-        is more than half its cache old (recording it again refreshes it)."""
+        `aging`: the holders of the longest prefix whose first block has less than
+        half its TTL left, or is more than half their cache old (recording it
+        again refreshes it)."""
         clocks = {}
-        longest, entry = 0, None
+        longest, holders = 0, []
         low, high = 0, len(hashes)
         while low < high:
             mid = (low + high + 1) // 2
-            found = self._entry(hashes[mid - 1], now_s, clocks)
-            if found is None and mid < len(hashes):
-                found = self._entry(hashes[mid], now_s, clocks)  # a collision took block mid?
-            if found is None:
+            found = self._holders(hashes[mid - 1], now_s, clocks)
+            if not found and mid < len(hashes):
+                found = self._holders(hashes[mid], now_s, clocks)  # a collision took block mid?
+            if not found:
                 high = mid - 1
             else:
-                low, longest, entry = mid, mid, found
-        if entry is None:
-            return {}, False
-        matched, first = {entry[0]: longest}, entry if longest == 1 else None
+                low, longest, holders = mid, mid, found
+        if not holders:
+            return {}, set()
+        matched = {address: longest for address, _, _ in holders}
+        first = {address: (expiry, age) for address, expiry, age in holders}
         position = longest // 2
         while position >= 1:
-            found = self._entry(hashes[position - 1], now_s, clocks)
-            if found is not None and found[0] not in matched:
-                matched[found[0]] = position
-            if position == 1 and found is not None and found[0] == entry[0]:
-                first = found
+            found = self._holders(hashes[position - 1], now_s, clocks)
+            for address, expiry, age in found:
+                matched.setdefault(address, position)
+                if position == 1 and address in first:
+                    first[address] = (expiry, age)
             position //= 2
-        first = first or entry
-        size = self.capacity_of(entry[0])
-        return matched, (first[1] - now_s < self.ttl_s // 2
-                         or (size > 0 and first[2] > size // 2))
+        aging = set()
+        for address, (expiry, age) in first.items():
+            size = self.capacity_of(address)
+            if expiry - now_s < self.ttl_s // 2 or (size > 0 and age > size // 2):
+                aging.add(address)
+        return matched, aging
 
     def record(self, hashes, address, now_s, held=0, computed=None):
         """Notes that `address` now holds every block of `hashes`, writing from
@@ -117,5 +133,9 @@ class EmbeddedPrefixIndex:
             stamp = self._clock(address)
         expiry = now_s + self.ttl_s
         for block_hash in hashes[held:]:
-            hostcalls.set_shared_data(self._slot(block_hash),
-                                      f"{block_hash} {address} {expiry} {stamp}")
+            slot = self._slot(block_hash)
+            value, _ = hostcalls.get_shared_data(slot)
+            others = [f"{a} {e} {s}" for a, e, s in self._stored(value, block_hash)
+                      if a != address and e > now_s][:HOLDERS - 1]
+            hostcalls.set_shared_data(slot, " ".join([block_hash, f"{address} {expiry} {stamp}",
+                                                      *others]))

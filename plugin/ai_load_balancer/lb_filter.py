@@ -43,7 +43,7 @@ class LoadBalancerStream(HttpContext):
         self.policy = None            # its Policy
         self.cluster = None
         self.inputs = None            # what the decision reads, once gathered
-        self.aging = False            # the prompt's prefix entries want writing again
+        self.aging = ()               # replicas whose prefix entries want writing again
         self.request = None           # the parsed LLM request, when the body was read
         self.hash_body = b""          # consistent_hash by a body field: the raw body
         self.awaiting_body = False    # paused until the whole body is here
@@ -283,7 +283,8 @@ class LoadBalancerStream(HttpContext):
         inputs = self.inputs
         if inputs.hashes:
             held = inputs.matched.get(address, 0)
-            self.lb.prefix_index.record(inputs.hashes, address, now_s, 0 if self.aging else held,
+            self.lb.prefix_index.record(inputs.hashes, address, now_s,
+                                        0 if address in self.aging else held,
                                         max(0, inputs.prompt_blocks - held))
 
     # --- Redis ------------------------------------------------------------------------

@@ -18,16 +18,20 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True, slots=True)
 class Inputs:
-    """What one request's decision may read, gathered before it is made."""
-    candidates: tuple            # the usable replicas, "ip:port", sorted
+    """What one request's decision may read, gathered before it is made.
+    Per replica ("ip:port" keys): `matched` leading prompt blocks it holds,
+    `inflight` requests in flight there, `work` uncached prompt blocks sent
+    there whose first answer byte has not come, `metrics` its scraped
+    ReplicaMetrics (fresh ones only)."""
+    candidates: tuple            # the usable replicas, sorted
     rotation: int                # a random number: ties go to the first in rotated order
     request: object = None       # llm_request.LLMRequest, when the body was read
     prompt_blocks: int = 0       # the prompt's length in prefix blocks (all of it)
     hashes: tuple = ()           # its first maxPrefixBlocks block hashes
-    matched: dict = field(default_factory=dict)      # address -> leading prompt blocks the replica holds
-    inflight: dict = field(default_factory=dict)     # address -> requests in flight there
-    work: dict = field(default_factory=dict)         # address -> uncached prompt blocks sent there, not computed yet
-    metrics: dict = field(default_factory=dict)      # address -> ReplicaMetrics, scraped (fresh ones only)
+    matched: dict = field(default_factory=dict)
+    inflight: dict = field(default_factory=dict)
+    work: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
     key: str = ""                # a session key (consistent_hash)
 
 

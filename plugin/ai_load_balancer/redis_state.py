@@ -6,14 +6,15 @@ Keys, all under one hash tag so a Redis Cluster keeps them in one slot:
   ailb:{<cluster>}:w:<gateway>  HASH  replica address -> prompt blocks to compute of those
   ailb:{<cluster>}:r:<gateway>  HASH  request id -> "<replica> <blocks>" it is counted for
   ailb:{<cluster>}:x:<gateway>:<request id>  STRING  released before its pick ran
-  ailb:{<cluster>}:pc:<hash>    STRING "<replica> <stamp>": the replica that last served this
-                                       prompt-prefix block, and its clock then
+  ailb:{<cluster>}:pc:<hash>    STRING "<replica> <stamp> ...": the replicas that last served
+                                       this prompt-prefix block (at most 3, the latest first),
+                                       each with its clock then
   ailb:{<cluster>}:clk          HASH  replica address -> prompt blocks sent there to compute
 
 The pick script applies the preset rules of global_least_request and
-prefix_cache (policies/least_request.py, policies/prefix_cache.py) to the sums over live gateways and
-counts the pick in the same step, so a count can never be read stale by another
-gateway. It records the prompt's blocks for the pick from the first one the
+prefix_cache (policies/least_request.py, policies/prefix_cache.py) to the sums
+over live gateways and counts the pick in the same step, so a count can never
+be read stale by another gateway. It records the prompt's blocks for the pick from the first one the
 pick does not hold yet (all of them when the first block has less than half its
 TTL left, or is more than half the replica's cache old, which refreshes the
 chain). As embedded_prefix_index.py does, an entry is gone once its replica's
@@ -73,21 +74,21 @@ for i = 1, total do
   if limit <= 0 or inflight[a] < limit then cands[#cands + 1] = a end
 end
 if #cands == 0 then return {'', 0, 0, 'limit'} end
-local matched, first = {}, nil
+local matched, firstage, owners = {}, {}, {}
 if nh > 0 then
   local clocks = redis.call('HMGET', p .. ':clk', unpack(ARGV, 13, 12 + total))
   for i = 1, total do clock[ARGV[12 + i]] = tonumber(clocks[i]) or 0 end
   local keys = {}
   for i = 1, nh do keys[i] = p .. ':pc:' .. ARGV[h0 + i] end
-  local owners = redis.call('MGET', unpack(keys))
+  owners = redis.call('MGET', unpack(keys))
   for i = 1, nh do
     if not owners[i] then break end
-    local a, st = string.match(owners[i], '^(.*) (%d+)$')
-    if not a then break end
-    local age = (clock[a] or 0) - tonumber(st)
-    if (size[a] or 0) <= 0 or age < size[a] then  -- else evicted there: a later block may live
-      matched[a] = i
-      if i == 1 then first = {a, age} end
+    for a, st in string.gmatch(owners[i], '(%S+) (%d+)') do
+      local age = (clock[a] or 0) - tonumber(st)
+      if (size[a] or 0) <= 0 or age < size[a] then  -- else evicted there
+        matched[a] = i
+        if i == 1 then firstage[a] = age end
+      end
     end
   end
 end
@@ -129,7 +130,7 @@ redis.call('HSET', p .. ':r:' .. gw, rid, best .. ' ' .. w)
 redis.call('PEXPIRE', p .. ':r:' .. gw, lease)
 local from = 1
 local held = matched[best] or 0
-if held > 0 and first[1] == best and (size[best] <= 0 or first[2] <= size[best] / 2)
+if held > 0 and firstage[best] and (size[best] <= 0 or firstage[best] <= size[best] / 2)
     and redis.call('PTTL', p .. ':pc:' .. ARGV[h0 + 1]) > ttl * 500 then
   from = held + 1
 end
@@ -137,7 +138,11 @@ if nh > 0 then
   local stamp = redis.call('HINCRBY', p .. ':clk', best, math.max(pblocks - held, 0))
   redis.call('EXPIRE', p .. ':clk', ttl)
   for i = from, nh do
-    redis.call('SET', p .. ':pc:' .. ARGV[h0 + i], best .. ' ' .. stamp, 'EX', ttl)
+    local v, kept = best .. ' ' .. stamp, 1
+    for a, st in string.gmatch(owners[i] or '', '(%S+) (%d+)') do
+      if a ~= best and kept < 3 then v, kept = v .. ' ' .. a .. ' ' .. st, kept + 1 end
+    end
+    redis.call('SET', p .. ':pc:' .. ARGV[h0 + i], v, 'EX', ttl)
   end
 end
 return {best, bestc, bestm, reason}

@@ -162,8 +162,8 @@ class LeastBusy(Policy):
         return pick
 
     def explain(self, inputs, address, kept):
-        return Pick(address, int(inputs.metrics[address].waiting),
-                    inputs.matched.get(address, 0), f"least_busy_{self.config.metrics.metric_policy}")
+        return Pick(address, int(inputs.metrics[address].waiting), inputs.matched.get(address, 0),
+                    f"least_busy_{self.config.metrics.metric_policy}")
 
     def tick_ms(self):
         return self.config.metrics.interval_ms
