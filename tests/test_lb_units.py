@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from ai_load_balancer import config, llm_request, picking, prefix_hash, redis_state
+from ai_load_balancer import config, llm_request, picking, pipeline, prefix_hash, redis_state
 from ai_load_balancer.pipeline import Inputs
 from proxywasm import resp
 from tests.llm_traffic import policy_for
@@ -205,6 +205,26 @@ def test_a_profile_from_lb_config_replaces_the_preset():
     assert policy_for("prefix_cache", scorers=[{"name": "least_request"}]).custom
     with pytest.raises(config.ConfigError, match="lb_config.filters: unknown filter 'nope'"):
         policy_for("prefix_cache", filters=["nope"])
+
+
+@pytest.mark.parametrize("policy, fields, refused", [
+    ("prefix_cache", {"scorers": [{"name": "queue"}]}, "queue reads metrics"),
+    ("global_least_request", {"filters": ["gie_tree"]}, "gie_tree reads metrics"),
+    ("round_robin", {"picker": "hash_ring"}, "hash_ring reads key"),
+])
+def test_a_profile_part_the_policy_cannot_feed_is_refused(policy, fields, refused):
+    with pytest.raises(config.ConfigError, match=refused):
+        policy_for(policy, **fields)
+
+
+def test_a_filter_that_leaves_no_candidate_is_reported():
+    pipeline.filter("test_none_pass")(lambda inputs, policy, addresses: [])
+    try:
+        policy = policy_for("global_least_request", filters=["test_none_pass"])
+        with pytest.raises(pipeline.NoCandidate, match="test_none_pass"):
+            policy.choose(Inputs((A, B), 0))
+    finally:
+        del pipeline.FILTERS["test_none_pass"]
 
 
 def owners_to_matches(owners):

@@ -303,3 +303,15 @@ def redis_work(redis_server, pattern):
         for address, n in zip(pairs[::2], pairs[1::2]):
             work[address.decode()] = work.get(address.decode(), 0) + int(n)
     return work
+
+
+def test_a_profile_of_its_own_decides_on_embedded_state_even_with_redis(make_host, redis_server):
+    clear_redis(redis_server)
+    host = start(make_host, "prefix_cache", target="higress", redis_server=redis_server,
+                 scorers=[{"name": "prefill_cost"}, {"name": "least_request", "weight": 0.5}])
+    assert "Redis runs the preset prefix_cache only" in host.logs_text()
+    first = route(host, chat_body(DOCUMENT, "q1"))
+    again = route(host, chat_body(DOCUMENT, "q2"))
+    assert first["state"] == again["state"] == "embedded"
+    assert (again["address"], again["reason"]) == (first["address"], "prefix_match")
+    assert redis_keys(redis_server, "ailb:*") == []

@@ -55,9 +55,12 @@ class Balancer:
         self.health.cluster = config.health.cluster
         self.inflight.create()
         self.health.create()
-        # Redis runs the preset only: lb_config's own filters or scorers decide here.
-        self.wants_redis = (config.redis is not None and bool(self.policy.redis_rule)
-                            and not self.policy.custom)
+        self.wants_redis = config.redis is not None and bool(self.policy.redis_rule)
+        if self.wants_redis and self.policy.custom:
+            hostcalls.log(hostcalls.WARN, f"ai-load-balancer: {name}: Redis runs the preset "
+                                          f"{config.policy} only; with lb_config's own filters, "
+                                          f"scorers or picker, state stays embedded")
+            self.wants_redis = False
         if self.wants_redis and not hostcalls.has_capability("proxy_redis_init"):
             hostcalls.log(hostcalls.WARN, f"ai-load-balancer: {name}: Redis needs the higress "
                                           f"build (proxy_redis_call); keeping state embedded")

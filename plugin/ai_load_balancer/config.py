@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from .cluster_metrics import parse_services
 from .config_fields import (ALIASES, BY_NAME, CLUSTER_POLICIES, HEALTH_BY_NAME, LB_TYPES,
                             SCRAPED, ConfigError, Field, as_number, read)
-from .pipeline import FILTERS, PICKERS, SCORERS, CustomProfile
+from .pipeline import FILTERS, NEEDS, PICKERS, SCORERS, CustomProfile
+from .policies import POLICIES
 
 __all__ = ["ConfigError", "LBConfig", "parse_doc"]
 _WEIGHT = Field("weight", "int", 1, (), "a replica's weight", low=1, high=1000)
@@ -252,8 +253,14 @@ def _profile(lb):
     if picker and picker not in PICKERS:
         raise ConfigError(f"{lb.path}.picker: unknown picker {picker!r} "
                           f"(known: {', '.join(sorted(PICKERS))})")
-    return CustomProfile(None if filters is None else tuple(filters),
-                         None if scorers is None else _weights(lb, scorers), picker or None)
+    weights = None if scorers is None else _weights(lb, scorers)
+    policy = POLICIES[lb.policy]
+    for name in [*(filters or ()), *(name for name, _ in weights or ()), picker]:
+        need = NEEDS.get(name)
+        if (need == "metrics" and not policy.scraped) or (need == "key" and not policy.keyed):
+            raise ConfigError(f"{lb.path}: {name} reads {need}, which lb_policy {lb.policy} "
+                              f"does not gather")
+    return CustomProfile(None if filters is None else tuple(filters), weights, picker or None)
 
 
 def _weights(lb, scorers):

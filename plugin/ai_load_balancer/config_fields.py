@@ -132,7 +132,7 @@ LB_CONFIG_FIELDS = (
        "of the registered scorers (least_request, prefill_cost, queue, kv_cache, prefix, lora, "
        "...); least_busy's `weighted` preset: queue 2, kv_cache 2, prefix 3"),
     _f("filters", "strings", None, PICKING, "replaces the preset's filters: names of the "
-       "registered filters, applied in order (under_limit, has_metrics, recent_share, "
+       "registered filters, applied in order (under_limit, recent_share, "
        "gie_tree, lowest_metric, highest_metric, ...)"),
     _f("picker", "string", "", PICKING, "replaces the preset's picker: max_score, random, "
        "round_robin, weighted_round_robin, hash_ring"),

@@ -22,7 +22,7 @@ from proxywasm import CONTINUE, PAUSE, HttpContext, hostcalls, resp
 from . import endpoint_override, endpoints, llm_request, prefix_hash, redis_state, stats
 from .health import DEGRADED
 from .picking import LimitReached
-from .pipeline import Inputs
+from .pipeline import Inputs, NoCandidate
 from .policies.least_busy import NoMetrics
 from .scheduling import Shed
 from .shared_record import GaveUp
@@ -194,14 +194,14 @@ class LoadBalancerStream(HttpContext):
         if tier == DEGRADED:
             self.lb.limiter.log(hostcalls.WARN, "degraded", "no healthy replica; using "
                                   "degraded ones")
-        try:
-            self.inputs = self._gather(candidates, hosts, now_ns)
-        except NoMetrics:
-            return self._no_metrics()
+        self.inputs = self._gather(candidates, hosts, now_ns)
         policy = self.policy
         if not policy.counts:
             self.state = "local"
-            return self._apply(policy.choose(self.inputs))
+            try:
+                return self._apply(policy.choose(self.inputs))
+            except NoCandidate as exc:
+                return self._no_candidate(exc)
         if policy.redis_rule:
             self.lb.connect_redis()  # a no-op once connected (or without Redis)
             if self.lb.redis:
@@ -234,6 +234,12 @@ class LoadBalancerStream(HttpContext):
                               "load balancing decides")
         return CONTINUE
 
+    def _no_candidate(self, exc):
+        stats.count("ailb.fallbacks.no_candidate")
+        self.lb.limiter.log(hostcalls.WARN, "no candidate", f"filter {exc} left no replica; "
+                              f"the service's load balancing decides")
+        return CONTINUE
+
     def _no_metrics(self):
         stats.count("ailb.fallbacks.no_metrics")
         self.lb.limiter.log(hostcalls.WARN, "no metrics", "no replica has fresh metrics; "
@@ -259,6 +265,8 @@ class LoadBalancerStream(HttpContext):
                                 "rate_limit_exceeded")
         except NoMetrics:
             return self._no_metrics()
+        except NoCandidate as exc:
+            return self._no_candidate(exc)
         except GaveUp:  # counted and logged by the shared record
             stats.count("ailb.fallbacks.contention")
             return CONTINUE

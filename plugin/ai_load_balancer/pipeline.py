@@ -55,17 +55,22 @@ class NoCandidate(Exception):
 
 
 FILTERS, SCORERS, PICKERS = {}, {}, {}
+NEEDS = {}  # name -> what it reads beyond every policy's inputs: "metrics" | "key"
 
 
 def _registrar(table):
-    def register(name):
+    def register(name, needs=None):
         def add(function):
             table[name] = function
+            if needs:
+                NEEDS[name] = needs
             return function
         return add
     return register
 
 
+# @filter(name, needs=None): needs "metrics" (only where the policy scrapes, and
+# only replicas with metrics reach it) or "key" (only where the policy is keyed).
 filter = _registrar(FILTERS)    # f(inputs, policy, addresses) -> the addresses that pass
 scorer = _registrar(SCORERS)    # f(inputs, policy, addresses) -> [score in 0..1], higher is better
 picker = _registrar(PICKERS)    # f(inputs, policy, addresses, scores) -> address

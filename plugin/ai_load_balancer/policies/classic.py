@@ -16,8 +16,18 @@ class Header(Policy):
 
 @picker("round_robin")
 def round_robin(inputs, policy, addresses, scores):
-    policy.turn += 1
+    """The next candidate in turn (the turn is kept on the policy, per VM)."""
+    policy.turn = getattr(policy, "turn", 0) + 1
     return addresses[policy.turn % len(addresses)]
+
+
+@picker("weighted_round_robin")
+def weighted_round_robin(inputs, policy, addresses, scores):
+    """Smooth weighted round robin by lb_config.weights (per VM)."""
+    if not hasattr(policy, "rotation"):
+        policy.rotation = SmoothWeightedRoundRobin()
+    weights = dict(policy.config.weights)
+    return policy.rotation.next({a: weights.get(a, 1) for a in addresses})
 
 
 @register
@@ -25,25 +35,11 @@ class RoundRobin(Policy):
     name = "round_robin"
     profile = Profile(picker="round_robin")
 
-    def __init__(self, balancer):
-        super().__init__(balancer)
-        self.turn = 0
-
-
-@picker("weighted_round_robin")
-def weighted_round_robin(inputs, policy, addresses, scores):
-    weights = dict(policy.config.weights)
-    return policy.rotation.next({a: weights.get(a, 1) for a in addresses})
-
 
 @register
 class WeightedRoundRobin(Policy):
     name = "weighted_round_robin"
     profile = Profile(picker="weighted_round_robin")
-
-    def __init__(self, balancer):
-        super().__init__(balancer)
-        self.rotation = SmoothWeightedRoundRobin()
 
 
 @register

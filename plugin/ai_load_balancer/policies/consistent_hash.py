@@ -55,7 +55,7 @@ def bounded_pick(ring, key, inflight, factor):
     return first, "hash"
 
 
-@picker("hash_ring")
+@picker("hash_ring", needs="key")
 def hash_ring(inputs, policy, addresses, scores):
     address, policy.last_reason = bounded_pick(policy.ring(addresses), inputs.key,
                                                inputs.inflight, policy.config.hash_load_factor)

@@ -10,8 +10,9 @@ Presets by `metric_policy`:
   weighted  weighted scorers (GIE's default weights: queue 2, kv_cache 2,
             prefix 3), so prefix affinity and load combine in one score.
   least / most  the replica with the smallest / largest `target_metric`.
-Every preset first keeps the replicas with fresh metrics (none: the service's
-load balancing decides) and under their `rate_limit` share of recent picks.
+Only the replicas with fresh metrics are candidates (none: the service's load
+balancing decides); every preset first keeps those under their `rate_limit`
+share of recent picks.
 queue_depth is `least` by the queue a JSON status endpoint reports.
 """
 
@@ -33,22 +34,13 @@ class NoMetrics(Exception):
 
 # --- filters --------------------------------------------------------------------------
 
-@filter("has_metrics")
-def has_metrics(inputs, policy, addresses):
-    """The replicas with fresh metrics; none: NoMetrics."""
-    kept = [a for a in addresses if a in inputs.metrics]
-    if not kept:
-        raise NoMetrics()
-    return kept
-
-
 @filter("recent_share")
 def recent_share(inputs, policy, addresses):
     """The replicas under their rate_limit share of this VM's recent picks."""
     return policy.recent.under(addresses, policy.config.metrics.rate_limit)
 
 
-@filter("gie_tree")
+@filter("gie_tree", needs="metrics")
 def gie_tree(inputs, policy, addresses):
     """GIE's default filter tree (scheduling.DEFAULT_TREE); may raise Shed."""
     candidates = [scheduling.Candidate(a, inputs.metrics[a], inputs.matched.get(a, 0))
@@ -63,13 +55,13 @@ def _target(inputs, policy, addresses):
     return [dict(inputs.metrics[a].extra).get(name, 0.0) for a in addresses]
 
 
-@filter("lowest_metric")
+@filter("lowest_metric", needs="metrics")
 def lowest_metric(inputs, policy, addresses):
     values = _target(inputs, policy, addresses)
     return [a for a, v in zip(addresses, values) if v == min(values)]
 
 
-@filter("highest_metric")
+@filter("highest_metric", needs="metrics")
 def highest_metric(inputs, policy, addresses):
     values = _target(inputs, policy, addresses)
     return [a for a, v in zip(addresses, values) if v == max(values)]
@@ -77,12 +69,12 @@ def highest_metric(inputs, policy, addresses):
 
 # --- scorers --------------------------------------------------------------------------
 
-@scorer("queue")
+@scorer("queue", needs="metrics")
 def queue_score(inputs, policy, addresses):
     return inverted([inputs.metrics[a].waiting for a in addresses])
 
 
-@scorer("kv_cache")
+@scorer("kv_cache", needs="metrics")
 def kv_cache_score(inputs, policy, addresses):
     return [max(0.0, 1.0 - inputs.metrics[a].kv_cache_usage) for a in addresses]
 
@@ -93,7 +85,7 @@ def prefix_score(inputs, policy, addresses):
     return [inputs.matched.get(a, 0) / total if total else 0.0 for a in addresses]
 
 
-@scorer("lora")
+@scorer("lora", needs="metrics")
 def lora_score(inputs, policy, addresses):
     request = policy.sched_request(inputs)
     candidates = [scheduling.Candidate(a, inputs.metrics[a]) for a in addresses]
@@ -104,7 +96,7 @@ def lora_score(inputs, policy, addresses):
 
 # --- the policies -----------------------------------------------------------------------
 
-_FIRST = ("has_metrics", "recent_share")
+_FIRST = ("recent_share",)
 PRESETS = {
     "default": Profile(_FIRST + ("gie_tree",), picker="random"),
     "weighted": Profile(_FIRST, DEFAULT_WEIGHTS, "random"),
@@ -153,11 +145,15 @@ class LeastBusy(Policy):
                 or self.scraper.snapshot(now_ms))
 
     def choose(self, inputs):
+        """Among the replicas with fresh metrics only (none: NoMetrics)."""
         # Requests sent since the last scrape are not in the replicas' metrics
         # yet: without them, every request until the next scrape would herd
         # onto the replica that looked idle. The counts are this gateway's.
-        pick = super().choose(replace(inputs, metrics=with_inflight(
-            inputs.metrics, inputs.inflight, inputs.candidates)))
+        metrics = with_inflight(inputs.metrics, inputs.inflight, inputs.candidates)
+        if not metrics:
+            raise NoMetrics()
+        pick = super().choose(replace(inputs, metrics=metrics, candidates=tuple(
+            a for a in inputs.candidates if a in metrics)))
         self.recent.record(pick.address)
         return pick
 
