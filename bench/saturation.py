@@ -36,14 +36,17 @@ def parse_args(argv):
     parser.add_argument("--replicas", type=int, default=16)
     parser.add_argument("--profile", default="a10-7b")
     parser.add_argument("--wasm", help="a built envoy-target module (default: build one)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="workload parameter override (repeatable), e.g. num_users=256")
     parser.add_argument("--name", default="saturation-sim-16x-a10-7b")
     return parser.parse_args(argv)
 
 
 def run_args(args):
     """The bench/run.py options run_policy and start_backend read."""
+    extra = [item for param in args.param for item in ("--param", param)]
     return run.parse_args(["--duration", str(args.duration), "--drain", str(args.drain),
-                           "--replicas", str(args.replicas), "--profile", args.profile])
+                           "--replicas", str(args.replicas), "--profile", args.profile, *extra])
 
 
 def knee(points, slo):
@@ -55,7 +58,7 @@ def knee(points, slo):
 def measure(args):
     options = run_args(args)
     policies, rates = args.policies.split(","), [float(r) for r in args.rates.split(",")]
-    base = workloads.get(args.workload)
+    base = workloads.get(args.workload).with_params(**options.params)
     wasm = args.wasm or harness.build_plugin()
     workdir = os.path.join(harness.TMP_DIR, f"bench-saturation-{os.getpid()}")
     backend = run.start_backend(options, base)
