@@ -314,4 +314,4 @@ def test_a_profile_of_its_own_decides_on_embedded_state_even_with_redis(make_hos
     again = route(host, chat_body(DOCUMENT, "q2"))
     assert first["state"] == again["state"] == "embedded"
     assert (again["address"], again["reason"]) == (first["address"], "prefix_match")
-    assert redis_keys(redis_server, "ailb:*") == []
+    assert redis_keys(redis_server, f"ailb:{{{CLUSTER}}}:*") == []

@@ -46,7 +46,8 @@ class Policy:
 
     def choose(self, inputs):
         """The Pick for one request. May raise picking.LimitReached (answered
-        with a 429), or what the policy's own filters raise."""
+        with a 429), pipeline.NoCandidate (a filter left none: fail open), or
+        what the policy's own filters raise (least_busy: Shed, NoMetrics)."""
         address, kept = pipeline.run(self.profile, inputs, self)
         return self.explain(inputs, address, kept)
 
