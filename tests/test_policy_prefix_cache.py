@@ -158,6 +158,21 @@ def test_the_index_forgets_what_the_replica_evicted(make_host, redis_server, sta
         assert (again["address"], again["reason"]) == (first["address"], "prefix_match")
 
 
+def test_higress_host_metrics_give_each_replica_its_cache_size(make_host):
+    # Higress hands over each host's metrics: the cache size is read from their
+    # vllm:cache_config_info, no scrape of our own.
+    host = start(make_host, "prefix_cache", target="higress")
+    host.set_upstream_hosts([(r, {"health_status": "Healthy", "metrics": (
+        "vllm:num_requests_waiting 0\n"
+        'vllm:cache_config_info{block_size="16",num_gpu_blocks="75"} 1\n')}) for r in REPLICAS])
+    # 75 x 16 tokens x 4 bytes / 64 bytes per block = 75 blocks, forgotten after 2 x 75
+    first = route(host, chat_body(DOCUMENT, "q1"))
+    assert route(host, chat_body(DOCUMENT, "q2"))["reason"] == "prefix_match"
+    fill_replica(host, first["address"], 150, "h")
+    again = route(host, chat_body(DOCUMENT, "q3"))
+    assert (again["reason"], again["matched_blocks"]) == ("least_load", "0")
+
+
 def test_a_prefix_in_use_is_not_forgotten(make_host):
     host = start(make_host, "prefix_cache", kvCacheTokens=1200)  # forgotten after 150 blocks
     first = route(host, chat_body(DOCUMENT, "q0"))
