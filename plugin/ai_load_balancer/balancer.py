@@ -110,9 +110,7 @@ class Balancer:
         period = min(cfg.lease_s * 1000 // 3, cfg.health.interval_ms)
         if self.wants_redis:
             period = min(period, max(20, cfg.redis.timeout_ms // 4))
-        if self.policy.tick_ms():
-            period = min(period, self.policy.tick_ms())
-        return period
+        return min(period, self.policy.tick_ms() or period)
 
     def tick(self, now_ms):
         if self.inflight is None:

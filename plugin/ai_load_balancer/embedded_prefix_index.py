@@ -48,11 +48,11 @@ class EmbeddedPrefixIndex:
     def _slot(self, block_hash):
         return f"ailb:pc:{self.namespace}:{int(block_hash, 16) % self.capacity}"
 
-    def _clock_record(self, address):
-        return SharedRecord(f"ailb:pcclk:{self.namespace}:{address}", self.limiter)
+    def _clock_key(self, address):
+        return f"ailb:pcclk:{self.namespace}:{address}"
 
     def _clock(self, address):
-        raw, _ = hostcalls.get_shared_data(self._clock_record(address).key)
+        raw, _ = hostcalls.get_shared_data(self._clock_key(address))
         return int(raw) if raw else 0
 
     @staticmethod
@@ -125,7 +125,7 @@ class EmbeddedPrefixIndex:
         hashed ones it does not hold), which advance its clock."""
         computed = len(hashes) - held if computed is None else computed
         try:
-            stamp = self._clock_record(address).update_raw(
+            stamp = SharedRecord(self._clock_key(address), self.limiter).update_raw(
                 lambda raw: (str((int(raw) if raw else 0) + computed).encode(),
                              (int(raw) if raw else 0) + computed),
                 "the replica's cache clock is not advanced")

@@ -13,7 +13,6 @@ service's own load balancing.
 """
 
 import json
-import math
 import os
 from dataclasses import replace
 
@@ -24,6 +23,7 @@ from .health import DEGRADED
 from .picking import LimitReached
 from .pipeline import Inputs, NoCandidate
 from .policies.least_busy import NoMetrics
+from .policies.prefix_cache import min_match_blocks
 from .scheduling import Shed
 from .shared_record import GaveUp
 
@@ -304,7 +304,7 @@ class LoadBalancerStream(HttpContext):
         command = redis_state.pick_command(
             self.cluster, self.lb.vm_id, cfg.lease_s * 1000, inputs.rotation, inputs.candidates,
             inputs.hashes, policy.redis_rule == "cost", cfg.max_load_gap, cfg.max_request_count,
-            cfg.key_ttl_s, math.ceil(cfg.min_match_ratio * len(inputs.hashes)), self.request_id,
+            cfg.key_ttl_s, min_match_blocks(cfg, inputs.hashes), self.request_id,
             inputs.prompt_blocks, cfg.decode_cost, self.lb.pick_script_cached,
             [policy.capacity_of(a) for a in inputs.candidates] if inputs.hashes else ())
         try:

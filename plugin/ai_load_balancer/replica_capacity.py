@@ -27,12 +27,13 @@ SCRAPE_MS = 60_000
 class ReplicaCapacity:
     def __init__(self, config, key, vm_id):
         self.block_bytes = config.block_size
-        self.configured = config.kv_cache_tokens
         self.scraper = None
-        if self.configured == 0:
+        # Configured: the same size for every replica (-1: unbounded, 0 here).
+        self.configured = self._blocks(max(config.kv_cache_tokens, 0))
+        if config.kv_cache_tokens == 0:
             self.scraper = MetricsScraper(key, vm_id, config.health.cluster, config.metrics_path,
                                           SCRAPE_MS, 5000, 10 * SCRAPE_MS)
-        self._tokens = {}  # address -> KV cache tokens, as last read
+        self._sizes = {}   # address -> KV cache in index blocks, as last read
         self._read = None  # the metrics table they were read from
 
     def _blocks(self, tokens):
@@ -41,9 +42,7 @@ class ReplicaCapacity:
     def of(self, address):
         """The replica's KV cache in index blocks; 0: unknown. Per request,
         after refresh()."""
-        if self.configured:
-            return self._blocks(max(self.configured, 0))
-        return self._blocks(self._tokens.get(address, 0))
+        return self.configured or self._sizes.get(address, 0)
 
     def refresh(self, hosts, now_ms):
         """Per request, before the index is read: the sizes as known now.
@@ -57,7 +56,7 @@ class ReplicaCapacity:
         self._read = metrics
         for address, m in metrics.items():
             if m.cache_tokens:
-                self._tokens[address] = m.cache_tokens
+                self._sizes[address] = self._blocks(m.cache_tokens)
 
     def tick_ms(self):
         return SCRAPE_MS if self.scraper is not None else 0

@@ -57,9 +57,8 @@ def bounded_pick(ring, key, inflight, factor):
 
 @picker("hash_ring", needs="key")
 def hash_ring(inputs, policy, addresses, scores):
-    address, policy.last_reason = bounded_pick(policy.ring(addresses), inputs.key,
-                                               inputs.inflight, policy.config.hash_load_factor)
-    return address
+    return bounded_pick(policy.ring(addresses), inputs.key, inputs.inflight,
+                        policy.config.hash_load_factor)[0]
 
 
 @register
@@ -72,7 +71,6 @@ class ConsistentHash(Policy):
     def __init__(self, balancer):
         super().__init__(balancer)
         self._ring = (None, None)  # (addresses, HashRing)
-        self.last_reason = "hash"
 
     @property
     def reads_body(self):
@@ -86,5 +84,12 @@ class ConsistentHash(Policy):
         return self._ring[1]
 
     def explain(self, inputs, address, kept):
-        reason = self.last_reason if self.profile.picker == "hash_ring" else self.name
+        """hash_ring's reason: the key's own replica ("hash"), or one further
+        clockwise ("bounded_load")."""
+        if self.profile.picker != "hash_ring":
+            reason = self.name
+        elif address == next(self.ring(kept).walk(inputs.key)):
+            reason = "hash"
+        else:
+            reason = "bounded_load"
         return Pick(address, inputs.inflight.get(address, 0), 0, reason)

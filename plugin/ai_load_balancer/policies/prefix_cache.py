@@ -19,9 +19,14 @@ from ..replica_capacity import ReplicaCapacity
 from .base import Policy, register
 
 
+def min_match_blocks(config, hashes):
+    """The shortest match that counts: minMatchRatio of the hashed blocks, at least 1."""
+    return max(1, math.ceil(config.min_match_ratio * len(hashes)))
+
+
 def counted_matches(inputs, config, addresses):
     """({address: prefix blocks that count}, whether maxLoadGap dropped a match)."""
-    min_blocks = max(1, math.ceil(config.min_match_ratio * len(inputs.hashes)))
+    min_blocks = min_match_blocks(config, inputs.hashes)
     gap, inflight = config.max_load_gap, inputs.inflight
     fewest = min(inflight.get(a, 0) for a in addresses)
     held, dropped = {}, False
