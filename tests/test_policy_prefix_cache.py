@@ -330,3 +330,43 @@ def test_a_profile_of_its_own_decides_on_embedded_state_even_with_redis(make_hos
     assert first["state"] == again["state"] == "embedded"
     assert (again["address"], again["reason"]) == (first["address"], "prefix_match")
     assert redis_keys(redis_server, f"ailb:{{{CLUSTER}}}:*") == []
+
+
+def answer_first_token(host, cid, clock, ttft_ms):
+    """The replica's first streamed token comes ttft_ms after the pick; the stream ends."""
+    clock[0] += int(ttft_ms * 1e6)
+    host.call_on_response_headers(cid, [(":status", "200")], end_of_stream=False)
+    host.call_on_response_body(cid, b'data: {"choices": []}\n\n', end_of_stream=False)
+    finish(host, cid)
+
+
+@pytest.mark.parametrize("state", ["embedded", "redis"])
+def test_a_replica_that_answers_slowly_gets_less_new_work(make_host, redis_server, state):
+    clock, started = [10**12], [0]
+    slow = REPLICAS[0]
+
+    def new_conversations(host, n, stream=True):
+        """Where n new conversations of varied length go, one at a time; the
+        slow replica takes 4 times as long to its first token."""
+        served = []
+        for i in range(started[0], started[0] + n):
+            body = chat_body(f"Conversation {i}. " + "context " * (20 + i % 7 * 30), "hi",
+                             stream=stream)
+            cid, action = send(host, body)
+            if action == PAUSE:  # Redis: the pick is one round trip away
+                host.run_callouts()
+            served.append(pinned(host, cid))
+            ttft_ms = (5 + len(body) // 64) * (4 if served[-1] == slow else 1)
+            answer_first_token(host, cid, clock, ttft_ms)
+        started[0] += n
+        return served
+
+    host = start_in(state, make_host, redis_server)  # decodeCost learnt (the default)
+    host.now_ns = lambda: clock[0]
+    assert new_conversations(host, 40).count(slow) >= 5  # at first all look alike
+    new_conversations(host, 40)
+    assert new_conversations(host, 40).count(slow) == 0
+    # Answers that are not streamed teach nothing (their first byte is their last).
+    host = start_in(state, make_host, redis_server)
+    host.now_ns = lambda: clock[0]
+    assert new_conversations(host, 120, stream=False)[80:].count(slow) >= 5
