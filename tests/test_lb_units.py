@@ -243,13 +243,14 @@ def owners_to_matches(owners):
 # --- the Redis script applies the same rules --------------------------------------------
 
 def python_pick(candidates, inflight, work, owners, costed, gap, limit, rotation, min_ratio,
-                hashes, prompt_blocks, decode_cost, speeds):
+                hashes, prompt_blocks, decode_cost, queue_weight, speeds):
     if not costed:
         policy = policy_for("global_least_request", maxRequestCount=limit)
     else:
         policy = policy_for("prefix_cache", maxRequestCount=limit, maxLoadGap=gap,
                             minMatchRatio=min_ratio)
-        policy.decode_cost = lambda: decode_cost  # as learnt: any ratio, any speeds
+        policy.decode_cost = lambda: decode_cost  # as learnt: any ratios, any speeds
+        policy.queue_weight = lambda: queue_weight
         policy.speed = speeds.get
     try:
         pick = policy.choose(Inputs(tuple(candidates), rotation, prompt_blocks=prompt_blocks,
@@ -299,13 +300,15 @@ def test_redis_script_and_python_pick_alike(redis_server):
         min_blocks = math.ceil(min_ratio * len(hashes))
         prompt_blocks = len(hashes) + rng.choice([0, 0, 5, 60])
         decode_cost = rng.choice([0, 4, 30, 2.75, 0.1])
+        queue_weight = rng.choice([1.0, 0.25, 0.6])
         speeds = {a: rng.choice([1.0, 1.0, 0.5, 1.75, 3.2]) for a in candidates}
         expected = python_pick(candidates, inflight, work, owners, costed, gap, limit, rotation,
-                               min_ratio, hashes, prompt_blocks, decode_cost, speeds)
+                               min_ratio, hashes, prompt_blocks, decode_cost, queue_weight,
+                               speeds)
         reply = redis_server.command(*resp_args(redis_state.pick_command(
             cluster, "me", 60000, rotation, candidates, hashes, costed, gap, limit, 600,
             min_blocks, str(case), prompt_blocks, decode_cost, sizes=sizes,
-            speeds=[speeds[a] for a in candidates])))
+            speeds=[speeds[a] for a in candidates], queue_weight=queue_weight)))
         if expected == "limit":
             with pytest.raises(redis_state.LimitReached):
                 redis_state.parse_pick(reply)

@@ -366,6 +366,11 @@ def test_a_replica_that_answers_slowly_gets_less_new_work(make_host, redis_serve
     assert new_conversations(host, 40).count(slow) >= 5  # at first all look alike
     new_conversations(host, 40)
     assert new_conversations(host, 40).count(slow) == 0
+    # What it learnt is a gauge (a replica's speed in percent of the fleet's).
+    speeds = {r: host.get_gauge_metric(f"ailb.endpoint.{r.replace('.', '_').replace(':', '_')}"
+                                       ".speed_percent") for r in REPLICAS}
+    assert speeds[slow] == max(speeds.values()) > min(speeds.values()), speeds
+    assert host.get_gauge_metric("ailb.cost_model.decode_cost") == 16  # one at a time
     # Answers that are not streamed teach nothing (their first byte is their last).
     host = start_in(state, make_host, redis_server)
     host.now_ns = lambda: clock[0]

@@ -316,7 +316,8 @@ class LoadBalancerStream(HttpContext):
             inputs.prompt_blocks, policy.decode_cost() if costed else 0,
             self.lb.pick_script_cached,
             [policy.capacity_of(a) for a in inputs.candidates] if inputs.hashes else (),
-            [policy.speed(a) for a in inputs.candidates] if costed else ())
+            [policy.speed(a) for a in inputs.candidates] if costed else (),
+            policy.queue_weight() if costed else 1.0)
         try:
             # Owned by the root: its answer arrives even if this stream is gone,
             # so a count Redis made for it can always be released. The stream

@@ -84,6 +84,10 @@ class Policy:
         """Prompt blocks one request in flight on a replica is worth (prefill_cost)."""
         return self.config.decode_cost if self.config.decode_cost >= 0 else PRIOR_DECODE_COST
 
+    def queue_weight(self):
+        """What a block queued on a replica costs, in blocks of the request's own."""
+        return 1.0
+
     def speed(self, address):
         """How much slower than the fleet the replica answers (1: as fast)."""
         return 1.0

@@ -1,10 +1,11 @@
 """prefix_cache: the replica where the request would wait least for its first
-token, in prefill work (prompt blocks): the part of its prompt the replica
-does not hold, plus the uncached work sent there whose first answer byte has
-not come (still being computed), plus decodeCost per request in flight there,
-times the replica's speed (how much slower than the fleet it answers). The
-decodeCost and the speeds are learnt from the first tokens of streamed
-answers (ttft_model.py) unless decodeCost is set. So a request stays with the
+token, in prefill work (blocks of its prompt): the part of its prompt the
+replica does not hold, plus the uncached work sent there whose first answer
+byte has not come (still being computed) times the queue weight, plus
+decodeCost per request in flight there, all times the replica's speed (how
+much slower than the fleet it answers). The queue weight, decodeCost and the
+speeds are learnt from the first tokens of streamed answers (ttft_model.py);
+a set decodeCost keeps the queue weight at 1 (the speeds are still learnt). So a request stays with the
 replica holding its prefix until that replica's queue costs more than the
 prefix saves. Optional filters on the
 match: one shorter than minMatchRatio of the prompt, or on a replica more than
@@ -16,6 +17,9 @@ to the same answers.
 
 import math
 
+from proxywasm.hostcalls import GAUGE
+
+from .. import stats
 from ..pipeline import Profile, inverted, scorer
 from ..picking import Pick
 from ..replica_capacity import ReplicaCapacity
@@ -48,10 +52,13 @@ def counted_matches(inputs, config, addresses):
 def prefill_cost(inputs, policy, addresses):
     """Lower predicted wait for the first token scores higher."""
     held, _ = counted_matches(inputs, policy.config, addresses)
-    decode_cost, speed = policy.decode_cost(), policy.speed
-    return inverted([(inputs.prompt_blocks - held[a] + inputs.work.get(a, 0)
+    queue_weight, decode_cost, speed = policy.queue_weight(), policy.decode_cost(), policy.speed
+    return inverted([(inputs.prompt_blocks - held[a] + queue_weight * inputs.work.get(a, 0)
                       + decode_cost * inputs.inflight.get(a, 0)) * speed(a)
                      for a in addresses])
+
+
+GAUGE_EVERY = 16  # streamed answers
 
 
 @register
@@ -77,10 +84,19 @@ class PrefixCache(Policy):
                     inputs.prompt_blocks - blocks, inputs.work.get(address, 0))
 
     def first_token(self, pick, ttft_ms):
-        self.ttft.observe(pick.address, pick.queued + pick.work, pick.inflight, ttft_ms)
+        self.ttft.observe(pick.address, pick.work, pick.queued, pick.inflight, ttft_ms)
+        if self.ttft.answers % GAUGE_EVERY == 0:  # what it learnt, for operators
+            stats.record("ailb.cost_model.decode_cost", self.decode_cost(), GAUGE)
+            stats.record("ailb.cost_model.queue_weight_percent", 100 * self.queue_weight(), GAUGE)
+            for address in self.ttft.speeds:
+                stats.record(f"ailb.endpoint.{stats.label(address)}.speed_percent",
+                             100 * self.speed(address), GAUGE)
 
     def decode_cost(self):
         return self.ttft.decode_cost() if self.config.decode_cost < 0 else super().decode_cost()
+
+    def queue_weight(self):
+        return self.ttft.queue_weight() if self.config.decode_cost < 0 else 1.0
 
     def speed(self, address):
         return self.ttft.speed(address)
