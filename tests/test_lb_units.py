@@ -243,23 +243,19 @@ def owners_to_matches(owners):
 # --- the Redis script applies the same rules --------------------------------------------
 
 def python_pick(candidates, inflight, work, owners, costed, gap, limit, rotation, min_ratio,
-                hashes, prompt_blocks, decode_cost, queue_weight, speeds):
+                hashes, prompt_blocks, decode_cost):
     if not costed:
         policy = policy_for("global_least_request", maxRequestCount=limit)
     else:
         policy = policy_for("prefix_cache", maxRequestCount=limit, maxLoadGap=gap,
-                            minMatchRatio=min_ratio)
-        policy.decode_cost = lambda: decode_cost  # as learnt: any ratios, any speeds
-        policy.queue_weight = lambda: queue_weight
-        policy.speed = speeds.get
+                            minMatchRatio=min_ratio, decodeCost=decode_cost)
     try:
         pick = policy.choose(Inputs(tuple(candidates), rotation, prompt_blocks=prompt_blocks,
                                     hashes=tuple(hashes), matched=owners_to_matches(owners),
                                     inflight=inflight, work=work))
     except picking.LimitReached:
         return "limit"
-    return picking.Pick(pick.address, pick.inflight, pick.matched_blocks, pick.reason,
-                        queued=work.get(pick.address, 0) if costed else 0)
+    return picking.Pick(pick.address, pick.inflight, pick.matched_blocks, pick.reason)
 
 
 def test_redis_script_and_python_pick_alike(redis_server):
@@ -299,16 +295,12 @@ def test_redis_script_and_python_pick_alike(redis_server):
         min_ratio, costed = rng.choice([0.0, 0.2, 0.5]), rng.random() < 0.7
         min_blocks = math.ceil(min_ratio * len(hashes))
         prompt_blocks = len(hashes) + rng.choice([0, 0, 5, 60])
-        decode_cost = rng.choice([0, 4, 30, 2.75, 0.1])
-        queue_weight = rng.choice([1.0, 0.25, 0.6])
-        speeds = {a: rng.choice([1.0, 1.0, 0.5, 1.75, 3.2]) for a in candidates}
+        decode_cost = rng.choice([0, 4, 30])
         expected = python_pick(candidates, inflight, work, owners, costed, gap, limit, rotation,
-                               min_ratio, hashes, prompt_blocks, decode_cost, queue_weight,
-                               speeds)
+                               min_ratio, hashes, prompt_blocks, decode_cost)
         reply = redis_server.command(*resp_args(redis_state.pick_command(
             cluster, "me", 60000, rotation, candidates, hashes, costed, gap, limit, 600,
-            min_blocks, str(case), prompt_blocks, decode_cost, sizes=sizes,
-            speeds=[speeds[a] for a in candidates], queue_weight=queue_weight)))
+            min_blocks, str(case), prompt_blocks, decode_cost, sizes=sizes)))
         if expected == "limit":
             with pytest.raises(redis_state.LimitReached):
                 redis_state.parse_pick(reply)

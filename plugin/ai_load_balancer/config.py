@@ -41,7 +41,7 @@ class LBConfig:
     key_ttl_s: int = 0                     # prefix index entries live this long
     max_request_count: int = 0             # 0: no limit; else local 429 at the limit
     max_load_gap: int = 0                  # prefix match only within this many in-flight of the least busy (-1: off)
-    decode_cost: int = -1                  # cost model: blocks per request in flight (-1: learnt)
+    decode_cost: int = 0                   # cost model: prompt blocks per request in flight
     block_size: int = 0                    # bytes per prefix block
     max_blocks: int = 0                    # prefix blocks hashed at most
     index_capacity: int = 0                # embedded prefix index slots

@@ -75,14 +75,12 @@ LB_CONFIG_FIELDS = (
     _f("enableDetailLog", "bool", False, PICKING, "one info log line per decision",
        higress="default true: debug lines with every host's count"),
     # --- prefix_cache ---
-    _f("decodeCost", "int", -1, ("prefix_cache",), "the cost model's weight of one request in "
+    _f("decodeCost", "int", 16, ("prefix_cache",), "the cost model's weight of one request in "
        "flight on a replica, in prompt blocks to compute (a replica's cost for a request: the "
        "blocks of its prompt the replica does not hold + the uncached blocks sent there "
-       "whose first answer byte has not come, times the queue weight + decodeCost per request "
-       "in flight there, all times the replica's speed; the lowest wins). -1: learnt, with "
-       "the queue weight and each replica's speed, from the time to the first byte of "
-       "streamed answers (16 until 32 answers have come); set: the queue weight is 1",
-       low=-1, high=1 << 20, unit="blocks"),
+       "whose first answer byte has not come + decodeCost per request in flight there; the "
+       "lowest wins)",
+       low=0, high=1 << 20, unit="blocks"),
     _f("maxLoadGap", "int", -1, ("prefix_cache",), "optional filter: a prefix match counts "
        "only on a replica with at most this many more requests in flight than the least busy "
        "one. -1: off (the cost model weighs the load)", low=-1),

@@ -33,8 +33,7 @@ LIMIT_MESSAGE = "every replica has maxRequestCount requests in flight"
 
 class LoadBalancerStream(HttpContext):
     # The first answer byte: cluster_metrics times it (every stream); prefix_cache
-    # uncounts the prompt work then and learns from a streamed answer's first
-    # token (want_once: that stream's first chunk only).
+    # uncounts the prompt work then (want_once: that stream's first chunk only).
     on_demand = ("on_response_body",)
 
     def __init__(self, context_id, root):
@@ -51,9 +50,7 @@ class LoadBalancerStream(HttpContext):
         self.awaiting_redis = False   # paused until Redis answers (or times out)
         self.request_id = None        # this request's id in Redis, once asked
         self.started_ns = 0
-        self.picked_ns = 0
         self.pick = None
-        self.times_first_token = False  # the policy learns from this answer's first token
         self.pinned = ()              # the addresses pinned, in the order Envoy tries them
         self.state = None             # "embedded" | "redis" | "metrics" | "local"
         self.counted_in = None        # where this request is counted until it ends
@@ -125,11 +122,8 @@ class LoadBalancerStream(HttpContext):
         self.first_byte_seen = True
         if self.service is not None:  # lb_type cluster: time to the first answer byte
             self.lb.services.first_byte(self.service, self._elapsed_ms(), self.status == "200")
-        elif self.pick is not None:
-            if self.times_first_token and self.status == "200":
-                self.policy.first_token(self.pick, (hostcalls.now_ns() - self.picked_ns) / 1e6)
-            if self.pick.work:
-                self._prefilled()
+        elif self.pick is not None and self.pick.work:
+            self._prefilled()
         return CONTINUE
 
     def _prefilled(self):
@@ -153,12 +147,11 @@ class LoadBalancerStream(HttpContext):
             return CONTINUE
         if self.pick is None:
             return CONTINUE
-        self.status = status = hostcalls.get_header(hostcalls.RESPONSE_HEADERS, ":status") or ""
+        status = hostcalls.get_header(hostcalls.RESPONSE_HEADERS, ":status") or ""
         served = hostcalls.get_property(["upstream", "address"])  # after retries: who answered
         address = served.decode() if served else self.pick.address
         now_ms = hostcalls.now_ns() // 1_000_000
         if address != self.pick.address:
-            self.times_first_token = False  # a retry's time is not the pick's
             # Envoy retried: the pinned addresses tried before the one that answered
             # failed (its attempts follow the override list in order).
             tried = self.pinned[:self.pinned.index(address)] if address in self.pinned \
@@ -308,16 +301,12 @@ class LoadBalancerStream(HttpContext):
         cfg = self.cfg
         self.request_id = self.request_id or self.lb.next_request_id()
         inputs, policy = self.inputs, self.policy
-        costed = policy.redis_rule == "cost"
         command = redis_state.pick_command(
             self.cluster, self.lb.vm_id, cfg.lease_s * 1000, inputs.rotation, inputs.candidates,
-            inputs.hashes, costed, cfg.max_load_gap, cfg.max_request_count,
+            inputs.hashes, policy.redis_rule == "cost", cfg.max_load_gap, cfg.max_request_count,
             cfg.key_ttl_s, min_match_blocks(cfg, inputs.hashes), self.request_id,
-            inputs.prompt_blocks, policy.decode_cost() if costed else 0,
-            self.lb.pick_script_cached,
-            [policy.capacity_of(a) for a in inputs.candidates] if inputs.hashes else (),
-            [policy.speed(a) for a in inputs.candidates] if costed else (),
-            policy.queue_weight() if costed else 1.0)
+            inputs.prompt_blocks, cfg.decode_cost, self.lb.pick_script_cached,
+            [policy.capacity_of(a) for a in inputs.candidates] if inputs.hashes else ())
         try:
             # Owned by the root: its answer arrives even if this stream is gone,
             # so a count Redis made for it can always be released. The stream
@@ -403,10 +392,8 @@ class LoadBalancerStream(HttpContext):
         """Pins the pick, then up to `failoverEndpoints` other usable replicas
         (Envoy's retries take them in order; Higress pins one host)."""
         self.pick = pick
-        self.times_first_token = (self.policy.learns_first_token and self.request is not None
-                                  and self.request.stream)
-        if pick.work or self.times_first_token:
-            self.want_once("on_response_body")
+        if pick.work:
+            self.want_once("on_response_body")  # uncount the work at the first byte
         candidates, rotation = self.inputs.candidates, self.inputs.rotation
         n = len(candidates)
         others = [candidates[(rotation + i) % n] for i in range(n)]
@@ -416,8 +403,7 @@ class LoadBalancerStream(HttpContext):
         stats.count(f"ailb.endpoint.{stats.label(pick.address)}.requests")
         if self.policy.hashes_prompt:
             stats.count("ailb.prefix.hits" if pick.matched_blocks else "ailb.prefix.misses")
-        self.picked_ns = hostcalls.now_ns()
-        stats.record("ailb.decision_us", (self.picked_ns - self.started_ns) // 1000)
+        stats.record("ailb.decision_us", (hostcalls.now_ns() - self.started_ns) // 1000)
         if self.cfg.detail_log:
             hostcalls.log(hostcalls.INFO, f"ai-load-balancer: {self.cluster} -> {pick.address} "
                                           f"({pick.reason}, {pick.matched_blocks} blocks matched, "

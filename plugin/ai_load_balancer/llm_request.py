@@ -17,7 +17,6 @@ class LLMRequest:
     prompt: bytes
     # vLLM isolates caches by `cache_salt`; requests with different salts never share.
     cache_salt: str = ""
-    stream: bool = False  # answered as a stream: its first byte is its first token
 
     @property
     def cache_namespace(self):
@@ -51,7 +50,7 @@ def parse(body):
         prompt = _completion_prompt(doc["prompt"])
     else:
         raise NotAnLLMRequest("body has neither messages nor prompt")
-    return LLMRequest(model, prompt.encode("utf-8", "replace"), salt, doc.get("stream") is True)
+    return LLMRequest(model, prompt.encode("utf-8", "replace"), salt)
 
 
 def _chat_prompt(messages, tools):

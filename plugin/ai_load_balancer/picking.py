@@ -10,7 +10,6 @@ class Pick:
     matched_blocks: int  # prefix blocks it already holds (0: no prefix match)
     reason: str          # why: "least_request" | "prefix_match" | "least_load" | ...
     work: int = 0        # prompt blocks the replica must compute (counted while in flight)
-    queued: int = 0      # uncached prompt blocks already waiting there (cost model policies)
 
 
 class LimitReached(Exception):

@@ -36,10 +36,8 @@ from .picking import LimitReached, Pick
 
 # ARGV: gateway, lease_ms, rotation, mode ("cost": prefix_cache's cost model,
 #       "lr": least request), max_load_gap (-1: off), limit (0: none), ttl_s,
-#       min_blocks, request id, prompt blocks, decode cost, queue weight,
-#       candidate count,
-#       candidates..., their cache sizes in blocks (0: unknown)..., their speeds
-#       (the cost's factor)..., block hashes...
+#       min_blocks, request id, prompt blocks, decode cost, candidate count,
+#       candidates..., their cache sizes in blocks (0: unknown)..., block hashes...
 PICK_SCRIPT = """
 local p = KEYS[1]
 local gw, lease = ARGV[1], tonumber(ARGV[2])
@@ -47,16 +45,15 @@ local rotation, costed = tonumber(ARGV[3]), ARGV[4] == 'cost'
 local gap, limit, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local minb, rid = math.max(1, tonumber(ARGV[8])), ARGV[9]
 local pblocks, dcost = tonumber(ARGV[10]), tonumber(ARGV[11])
-local qweight, total = tonumber(ARGV[12]), tonumber(ARGV[13])
-local h0, nh = 13 + 3 * total, #ARGV - 13 - 3 * total
-if redis.call('DEL', p .. ':x:' .. gw .. ':' .. rid) == 1 then return {'', 0, 0, 'released', 0} end
+local total = tonumber(ARGV[12])
+local h0, nh = 12 + 2 * total, #ARGV - 12 - 2 * total
+if redis.call('DEL', p .. ':x:' .. gw .. ':' .. rid) == 1 then return {'', 0, 0, 'released'} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local inflight, work, size, speed, clock = {}, {}, {}, {}, {}
+local inflight, work, size, clock = {}, {}, {}, {}
 for i = 1, total do
-  local a = ARGV[13 + i]
-  inflight[a], work[a], size[a] = 0, 0, tonumber(ARGV[13 + total + i])
-  speed[a] = tonumber(ARGV[13 + 2 * total + i])
+  local a = ARGV[12 + i]
+  inflight[a], work[a], size[a] = 0, 0, tonumber(ARGV[12 + total + i])
 end
 redis.call('ZREMRANGEBYSCORE', p .. ':gws', '-inf', now)
 redis.call('ZADD', p .. ':gws', now + lease, gw)
@@ -73,14 +70,14 @@ for _, g in ipairs(redis.call('ZRANGE', p .. ':gws', 0, -1)) do
 end
 local cands = {}
 for i = 1, total do
-  local a = ARGV[13 + i]
+  local a = ARGV[12 + i]
   if limit <= 0 or inflight[a] < limit then cands[#cands + 1] = a end
 end
-if #cands == 0 then return {'', 0, 0, 'limit', 0} end
+if #cands == 0 then return {'', 0, 0, 'limit'} end
 local matched, firstage, owners = {}, {}, {}
 if nh > 0 then
-  local clocks = redis.call('HMGET', p .. ':clk', unpack(ARGV, 14, 13 + total))
-  for i = 1, total do clock[ARGV[13 + i]] = tonumber(clocks[i]) or 0 end
+  local clocks = redis.call('HMGET', p .. ':clk', unpack(ARGV, 13, 12 + total))
+  for i = 1, total do clock[ARGV[12 + i]] = tonumber(clocks[i]) or 0 end
   local keys = {}
   for i = 1, nh do keys[i] = p .. ':pc:' .. ARGV[h0 + i] end
   owners = redis.call('MGET', unpack(keys))
@@ -112,7 +109,7 @@ if costed then
       m, anym = 0, true
     end
     if m > pblocks then m = pblocks end
-    local cost = (pblocks - m + qweight * work[a] + dcost * c) * speed[a]
+    local cost = pblocks - m + work[a] + dcost * c
     if best == nil or cost < bestcost then best, bestc, bestm, bestcost = a, c, m, cost end
   end
   reason = (bestm > 0) and 'prefix_match' or (anym and 'bounded_load' or 'least_load')
@@ -148,7 +145,7 @@ if nh > 0 then
     redis.call('SET', p .. ':pc:' .. ARGV[h0 + i], v, 'EX', ttl)
   end
 end
-return {best, bestc, bestm, reason, work[best]}
+return {best, bestc, bestm, reason}
 """
 
 # ARGV: gateway, request id, lease_ms, what ("request": the request ended;
@@ -210,22 +207,17 @@ def key_prefix(cluster):
 
 def pick_command(cluster, gateway, lease_ms, rotation, candidates, hashes=(), costed=False,
                  max_load_gap=-1, limit=0, ttl_s=1800, min_blocks=1, request_id="0",
-                 prompt_blocks=0, decode_cost=0, cached=False, sizes=(), speeds=(),
-                 queue_weight=1.0):
+                 prompt_blocks=0, decode_cost=0, cached=False, sizes=()):
     """The script call that picks among `candidates` and counts the pick for
     `request_id` (unique per gateway among its requests in flight). `costed`:
     prefix_cache's preset, otherwise global_least_request's.
-    `sizes`: each candidate's KV cache in index blocks (0 or missing: unknown);
-    `speeds`: each one's factor on its cost (missing: 1); `queue_weight`: the
-    cost of a block queued there, in blocks of the request's own.
+    `sizes`: each candidate's KV cache in index blocks (0 or missing: unknown).
     `cached`: Redis holds the script, send its SHA1 only (EVALSHA)."""
     head = ("EVALSHA", PICK_SHA) if cached else ("EVAL", PICK_SCRIPT)
     return resp.command(*head, 1, key_prefix(cluster), gateway, lease_ms, rotation,
                         "cost" if costed else "lr", max_load_gap, limit, ttl_s, min_blocks,
-                        request_id, prompt_blocks, repr(float(decode_cost)),
-                        repr(float(queue_weight)), len(candidates), *candidates,
-                        *(tuple(sizes) or (0,) * len(candidates)),
-                        *(repr(float(s)) for s in speeds or (1,) * len(candidates)), *hashes)
+                        request_id, prompt_blocks, decode_cost, len(candidates), *candidates,
+                        *(tuple(sizes) or (0,) * len(candidates)), *hashes)
 
 
 def parse_pick(reply_bytes):
@@ -237,12 +229,11 @@ def parse_pick(reply_bytes):
         if str(exc).startswith("NOSCRIPT"):
             raise NoScript() from None
         raise
-    # The script returns {address, inflight, matched, reason, work queued there}.
-    if not isinstance(reply, list) or [type(item) for item in reply] != [bytes, int, int, bytes,
-                                                                         int]:
+    # The script returns {address, inflight, matched, reason}.
+    if not isinstance(reply, list) or [type(item) for item in reply] != [bytes, int, int, bytes]:
         raise ValueError(f"not the pick script's reply: {str(reply)[:80]}")
-    address, inflight, matched, reason, queued = reply
-    pick = Pick(address.decode(), inflight, matched, reason.decode(), queued=queued)
+    address, inflight, matched, reason = reply
+    pick = Pick(address.decode(), inflight, matched, reason.decode())
     if pick.reason == "limit":
         raise LimitReached()
     return pick

@@ -6,8 +6,6 @@ Counters: ailb.decisions.<policy>.<reason>, ailb.endpoint.<address>.requests,
 ailb.fallbacks.<why> (the service's own LB decided), ailb.prefix.hits /
 ailb.prefix.misses, ailb.health.<address>.<state> (transitions),
 ailb.redis.errors, ailb.scrape.failures. Histogram: ailb.decision_us.
-Gauges (prefix_cache's learnt cost model, the last VM to learn writes):
-ailb.cost_model.decode_cost (blocks), ailb.endpoint.<address>.speed_percent.
 """
 
 from proxywasm import hostcalls
@@ -31,10 +29,10 @@ def count(name, amount=1):
         pass
 
 
-def record(name, value, metric_type=hostcalls.HISTOGRAM):
-    """Records a histogram sample (or sets a gauge)."""
+def record(name, value):
+    """Records a histogram sample."""
     try:
-        hostcalls.record_metric(_metric(metric_type, name), int(value))
+        hostcalls.record_metric(_metric(hostcalls.HISTOGRAM, name), int(value))
     except Exception:
         pass
 

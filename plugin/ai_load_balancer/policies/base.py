@@ -10,7 +10,6 @@ the Pick, and counts and releases in-flight requests for policies that count.
 from .. import pipeline
 from ..embedded_prefix_index import unknown_size
 from ..picking import Pick
-from ..ttft_model import PRIOR_DECODE_COST
 
 POLICIES = {}  # lb_policy name -> Policy subclass, in registration order
 
@@ -30,7 +29,6 @@ class Policy:
     keyed = False            # gather: the session key (consistent_hash)
     counts = False           # requests in flight are counted per replica until they end
     redis_rule = ""          # "lr" | "cost": Redis's pick script runs this preset atomically
-    learns_first_token = False  # first_token() wants the TTFT of streamed answers
 
     def __init__(self, balancer):
         self.config = balancer.config
@@ -76,21 +74,6 @@ class Policy:
     def before_gathering(self, hosts, now_ms):
         """Per request, before the inputs are gathered. `hosts`: Higress's
         upstream host list (with metrics), else None."""
-
-    def first_token(self, pick, ttft_ms):
-        """A streamed answer's first byte came ttft_ms after `pick` was sent."""
-
-    def decode_cost(self):
-        """Prompt blocks one request in flight on a replica is worth (prefill_cost)."""
-        return self.config.decode_cost if self.config.decode_cost >= 0 else PRIOR_DECODE_COST
-
-    def queue_weight(self):
-        """What a block queued on a replica costs, in blocks of the request's own."""
-        return 1.0
-
-    def speed(self, address):
-        """How much slower than the fleet the replica answers (1: as fast)."""
-        return 1.0
 
     def capacity_of(self, address):
         """The replica's KV cache in prefix-index blocks (0: unknown)."""
