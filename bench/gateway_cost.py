@@ -7,6 +7,10 @@ harness.ReplicaSet answering a chat completion at once with a small JSON, and
 serving a real-sized vLLM /metrics page, the simulator's, for least_busy).
 One Envoy per configuration, all started together:
   no wasm filter (least request)      the reference
+  compiled no-op, compiled round_robin
+                                      a filter in C (bench/compiled_reference):
+                                      what any wasm filter costs, and what a
+                                      compiled one pinning each request costs
   plugin idle                         policy `header`, no header sent: the
                                       plugin's callbacks run, it decides nothing
   global_least_request, prefix_cache, least_busy (default), least_busy
@@ -52,13 +56,15 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "envoy-test")]
 
 import harness  # noqa: E402
 from bench import policies, report  # noqa: E402
+from bench.compiled_reference import build as compiled_reference  # noqa: E402
 from bench_overhead import (Scenario, cpu_model, envoy_version, interleaved,  # noqa: E402
                             measure_memory_by_concurrency, measure_starts)
 from bench_policies import chat_body  # noqa: E402
 
 SIZES = {"1 KB": 1024, "32 KB": 32 * 1024, "256 KB": 256 * 1024}
-CONFIGS = ["no filter", "plugin idle", "global_least_request", "prefix_cache", "least_busy",
-           "least_busy-weighted", "round_robin"]
+CONFIGS = ["no filter", "compiled no-op", "compiled round_robin", "plugin idle",
+           "global_least_request", "prefix_cache", "least_busy", "least_busy-weighted",
+           "round_robin"]
 
 
 # --- the replicas (child process) ------------------------------------------------------------
@@ -117,6 +123,11 @@ def make_envoy(name, endpoints, wasm, concurrency, workdir):
     if name == "no filter":
         base = harness.EnvoyConfig.simple(endpoints, concurrency=concurrency,
                                           override_host=False, fallback_policy="least_request")
+    elif name.startswith("compiled"):
+        reference = compiled_reference.build(os.path.join(workdir, "compiled-reference.wasm"))
+        pinned = ",".join(endpoints) if name == "compiled round_robin" else ""
+        base = harness.EnvoyConfig.simple(endpoints, wasm_path=reference, concurrency=concurrency,
+                                          plugin_config=pinned, fallback_policy="least_request")
     else:
         base = harness.EnvoyConfig.simple(endpoints, wasm_path=wasm, concurrency=concurrency,
                                           plugin_config=policies.plugin_config(name, endpoints),
@@ -145,7 +156,8 @@ def decision_histogram(envoy):
 # --- the measurements ---------------------------------------------------------------------------
 
 def measure_latency(args, endpoints, wasm, workdir, log):
-    envoys = {n: make_envoy(n, endpoints, wasm, args.concurrency, workdir) for n in CONFIGS}
+    os.makedirs(workdir, exist_ok=True)
+    envoys = {n: make_envoy(n, endpoints, wasm, args.concurrency, workdir) for n in args.configs}
     for envoy in envoys.values():
         envoy.start(timeout=120)
     time.sleep(2.0)  # least_busy's first scrapes
@@ -153,7 +165,7 @@ def measure_latency(args, endpoints, wasm, workdir, log):
     scenarios = []
     try:
         for size in SIZES:
-            for name in CONFIGS:
+            for name in args.configs:
                 envoy = envoys[name]
                 s = Scenario(f"{size} | {name}", envoy.port, envoy,
                              body_for=lambda i, b=bodies[size]: b[i % len(b)])
@@ -299,7 +311,8 @@ def render(args, argv, rows, rss, problems, streaming, scraping, starts, memory,
         "(Python http.server in a child process). Open loop at "
         f"{args.rate:g} requests/s, {args.duration:g} s per scenario in {args.rounds} "
         f"interleaved rounds (after {args.warmup:g} s warm-up), {args.connections} keep-alive "
-        "connections. Chat bodies: the first half shared by every request, the second half "
+        "connection" + ("s" if args.connections > 1 else " (one request at a time)") +
+        ". Chat bodies: the first half shared by every request, the second half "
         "unique (prefix_cache hashes at most 256 blocks of 64 bytes = the first 16 KB; it "
         "parses the whole JSON). Plugin configs: `endpoints` (+ `metricsCluster` for "
         "least_busy), defaults otherwise.", "",
@@ -314,7 +327,7 @@ def render(args, argv, rows, rss, problems, streaming, scraping, starts, memory,
     ]
     for size in SIZES:
         base = by[(size, "no filter")]
-        for name in CONFIGS:
+        for name in args.configs:
             r = by[(size, name)]
             s, b = r["service"], base["service"]
             cells = [size, name, str(r["requests"]), str(r["non_200"]), f"{s['p50']:.3f}",
@@ -398,7 +411,7 @@ def render(args, argv, rows, rss, problems, streaming, scraping, starts, memory,
 def headline(rows, streaming):
     by = {(r["size"], r["config"]): r for r in rows}
     parts = []
-    for size in SIZES:
+    for size in SIZES if (next(iter(SIZES)), "prefix_cache") in by else ():
         base = by[(size, "no filter")]["service"]["mean"]
         pc = by[(size, "prefix_cache")]["service"]["mean"]
         parts.append(f"prefix_cache {size} {(pc - base) * 1e3:+.0f} µs")
@@ -423,6 +436,8 @@ def main(argv=None):
     parser.add_argument("--scrape-seconds", type=float, default=10.0)
     parser.add_argument("--skip", default="", help="comma-separated: latency, streaming, "
                                                    "scraping, startup, edge")
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help="comma-separated, from: " + ", ".join(CONFIGS))
     parser.add_argument("--wasm")
     parser.add_argument("--name", default="gateway-cost")
     parser.add_argument("--out")
@@ -431,6 +446,8 @@ def main(argv=None):
         _serve(args.serve_replicas)
         return
     skip = set(filter(None, args.skip.split(",")))
+    args.configs = ["no filter"] + [c for c in args.configs.split(",")
+                                    if c in CONFIGS and c != "no filter"]
 
     def log(text):
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
