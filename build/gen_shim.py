@@ -143,10 +143,13 @@ def inittab():
     rows = [f'    {{"{m}", PyInit_{m}}},' for m in CORE_BUILTINS]
     rows += [f'    {{"{m}", {fn or "NULL"}}},' for m, fn in SPECIAL_BUILTINS]
     rows.append('    {"_proxywasm_host", PyInit__proxywasm_host},')
+    decls.append("PyObject *PyInit__ailb_fast(void);")
+    rows.append('    {"_ailb_fast", PyInit__ailb_fast},  /* host_shim/fast.c */')
     return "\n".join(decls + ["struct _inittab _PyImport_Inittab[] = {"] + rows +
                      ["    {NULL, NULL},", "};"])
 
 
 def builtin_module_names():
     """Every module the embedded CPython has compiled in."""
-    return set(CORE_BUILTINS) | {m for m, _ in SPECIAL_BUILTINS} | {"_proxywasm_host"}
+    return (set(CORE_BUILTINS) | {m for m, _ in SPECIAL_BUILTINS}
+            | {"_proxywasm_host", "_ailb_fast"})

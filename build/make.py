@@ -124,6 +124,7 @@ def build(target, entry, name, out_dir, work_dir, opt, extra_path=()):
     includes = [os.path.join(ROOT, "host_shim"), gen_dir, os.path.join(py, "include", "python3.11")]
     objects = []
     for source in (os.path.join(ROOT, "host_shim", "shim.c"),
+                   os.path.join(ROOT, "host_shim", "fast.c"),
                    os.path.join(gen_dir, "shim_gen.c"), os.path.join(gen_dir, "frozen_gen.c")):
         obj = os.path.join(gen_dir, os.path.basename(source)[:-2] + ".o")
         compile_c(cc, source, obj, includes, opt)
