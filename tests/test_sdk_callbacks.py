@@ -7,7 +7,8 @@ import json
 
 from proxywasm import CONTINUE
 
-ANSWERED_BY_HOST = ["proxy_on_response_body", "proxy_on_response_trailers", "proxy_on_done"]
+ANSWERED_BY_HOST = ["proxy_on_response_headers", "proxy_on_response_body",
+                    "proxy_on_response_trailers", "proxy_on_done", "proxy_on_log"]
 CHUNKS = [b"data: {\"n\": %d}\n\n" % i for i in range(5)]
 
 
@@ -34,7 +35,7 @@ def stream_answer(host):
     return cid
 
 
-def test_load_balancer_leaves_response_body_to_the_host(make_host):
+def test_load_balancer_leaves_the_response_and_the_end_to_the_host(make_host):
     host = make_host(configuration=json.dumps({"lb_policy": "round_robin", "lb_config": {
         "endpoints": ["10.0.0.1:80", "10.0.0.2:80"]}}))
     assert answered_without_python(host, make_host) == ANSWERED_BY_HOST
@@ -45,7 +46,8 @@ def test_load_balancer_leaves_response_body_to_the_host(make_host):
 
 def test_an_overridden_response_body_still_runs_for_every_chunk(make_host):
     host = make_host(entry="chunk_plugin", configuration=b"")
-    assert answered_without_python(host, make_host) == ["proxy_on_response_trailers",
+    assert answered_without_python(host, make_host) == ["proxy_on_response_headers",
+                                                        "proxy_on_response_trailers",
                                                         "proxy_on_done"]
     stream_answer(host)
     assert f"chunks={len(CHUNKS)} last_size={len(CHUNKS[-1])}" in host.logs_text()

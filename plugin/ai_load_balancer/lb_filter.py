@@ -34,7 +34,9 @@ LIMIT_MESSAGE = "every replica has maxRequestCount requests in flight"
 class LoadBalancerStream(HttpContext):
     # The first answer byte: cluster_metrics times it (every stream); prefix_cache
     # uncounts the prompt work then (want_once: that stream's first chunk only).
-    on_demand = ("on_response_body",)
+    # The response headers and the end of a stream enter Python only for the
+    # streams the plugin decided (want_once): one it leaves alone costs none.
+    on_demand = ("on_response_body", "on_response_headers", "on_log")
 
     def __init__(self, context_id, root):
         super().__init__(context_id, root)
@@ -107,6 +109,7 @@ class LoadBalancerStream(HttpContext):
         """lb_type cluster: the backend service, written into the header the
         route's cluster_header action reads (a client-sent value is replaced)."""
         self.started_ns = hostcalls.now_ns()
+        self._want_the_rest()
         self.service = self.lb.services.choose(int.from_bytes(os.urandom(2), "little"))
         hostcalls.replace_header(hostcalls.REQUEST_HEADERS, self.cfg.services.header,
                                  self.service)
@@ -186,8 +189,15 @@ class LoadBalancerStream(HttpContext):
 
     # --- deciding: gather, choose, apply --------------------------------------------
 
+    def _want_the_rest(self):
+        """From a decision on: the response headers (status, health, debug
+        header) and the stream's end (uncount it) enter Python."""
+        self.want_once("on_response_headers")
+        self.want_once("on_log")
+
     def _decide(self):
         self.started_ns = now_ns = hostcalls.now_ns()
+        self._want_the_rest()
         candidates, tier, hosts = self.lb.candidates(now_ns // 1_000_000)
         if not candidates:
             return self._all_down()

@@ -52,8 +52,9 @@ class Context:
 class HttpContext(Context):
     """One HTTP stream. Callbacks return an action (CONTINUE by default)."""
 
-    # Overridden methods among on_response_body, on_response_trailers and on_done
-    # that the host should still answer by itself until dispatcher.enable(method):
+    # Overridden methods among on_response_headers, on_response_body,
+    # on_response_trailers, on_done and on_log that the host should still answer by
+    # itself until dispatcher.enable(method) or want_once(method):
     # a plugin that needs them only for some configurations pays nothing otherwise.
     on_demand = ()
 

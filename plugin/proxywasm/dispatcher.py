@@ -28,9 +28,10 @@ def set_root_context(factory):
 
 # Callbacks the host may answer with abi_table.RESULT_WITHOUT_PYTHON when the plugin
 # leaves these context methods at the SDK's default (which returns exactly that).
-_DEFAULTED = {"proxy_on_response_body": "on_response_body",
+_DEFAULTED = {"proxy_on_response_headers": "on_response_headers",
+              "proxy_on_response_body": "on_response_body",
               "proxy_on_response_trailers": "on_response_trailers",
-              "proxy_on_done": "on_done"}
+              "proxy_on_done": "on_done", "proxy_on_log": "on_log"}
 
 
 def handler(name):
