@@ -62,6 +62,7 @@ from bench_overhead import (Scenario, cpu_model, envoy_version, interleaved,  # 
 from bench_policies import chat_body  # noqa: E402
 
 SIZES = {"1 KB": 1024, "32 KB": 32 * 1024, "256 KB": 256 * 1024}
+OTHER_MODULES = {}  # label -> .wasm path, from --also-wasm
 CONFIGS = ["no filter", "compiled no-op", "compiled round_robin", "plugin idle",
            "global_least_request", "prefix_cache", "least_busy", "least_busy-weighted",
            "round_robin"]
@@ -128,12 +129,14 @@ def make_envoy(name, endpoints, wasm, concurrency, workdir):
         pinned = ",".join(endpoints) if name == "compiled round_robin" else ""
         base = harness.EnvoyConfig.simple(endpoints, wasm_path=reference, concurrency=concurrency,
                                           plugin_config=pinned, fallback_policy="least_request")
-    else:
-        base = harness.EnvoyConfig.simple(endpoints, wasm_path=wasm, concurrency=concurrency,
-                                          plugin_config=policies.plugin_config(name, endpoints),
+    else:  # "<policy>" with the module under test, "<policy> @<label>" with another
+        policy, _, label = name.partition(" @")
+        module = OTHER_MODULES[label] if label else wasm
+        base = harness.EnvoyConfig.simple(endpoints, wasm_path=module, concurrency=concurrency,
+                                          plugin_config=policies.plugin_config(policy, endpoints),
                                           fallback_policy="least_request")
     config = _Config(base.listeners, base.clusters, base.admin_port, base.concurrency)
-    return harness.Envoy(config, os.path.join(workdir, name.replace(" ", "-")))
+    return harness.Envoy(config, os.path.join(workdir, name.replace(" ", "-").replace("@", "")))
 
 
 def decision_histogram(envoy):
@@ -439,6 +442,9 @@ def main(argv=None):
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help="comma-separated, from: " + ", ".join(CONFIGS))
     parser.add_argument("--wasm")
+    parser.add_argument("--also-wasm", action="append", default=[], metavar="LABEL=PATH",
+                        help="also measure each plugin config with this module, as "
+                             "'<config> @LABEL', in the same interleaved rounds (before/after)")
     parser.add_argument("--name", default="gateway-cost")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
@@ -448,6 +454,11 @@ def main(argv=None):
     skip = set(filter(None, args.skip.split(",")))
     args.configs = ["no filter"] + [c for c in args.configs.split(",")
                                     if c in CONFIGS and c != "no filter"]
+    for item in args.also_wasm:
+        label, _, path = item.partition("=")
+        OTHER_MODULES[label] = path
+        args.configs += [f"{c} @{label}" for c in args.configs
+                         if c != "no filter" and not c.startswith("compiled") and " @" not in c]
 
     def log(text):
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
