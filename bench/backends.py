@@ -81,6 +81,10 @@ class VllmBackend(Backend):
             self.replicas.stop()
             raise
 
+    def describe(self):
+        info = self.replicas.describe()
+        return {**super().describe(), "dtype": info["dtype"], "dtype_reason": info["dtype_reason"]}
+
     def stop(self):
         self.replicas.stop()
 

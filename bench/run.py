@@ -164,6 +164,34 @@ def merge_runs(policy, raws, backend):
     return row
 
 
+# Workloads built to share prefixes: a run of one compares policies only if its
+# requests could reuse them (the ceiling), they completed, and not only queued.
+SHARING = ("mrqa", "doc_qa", "sysprompt")
+MIN_CEILING = 0.20
+MIN_COMPLETED = 0.90
+MAX_TTFT_P50_S = 10.0
+
+
+def meaningless(workload, rows):
+    """Why this workload's run does not compare the policies ([] when it does)."""
+    why = []
+    ceilings = sorted(r["ceiling"] for r in rows if r["ceiling"] == r["ceiling"])
+    ceiling = ceilings[len(ceilings) // 2] if ceilings else 0.0
+    if workload.kind in SHARING and ceiling < MIN_CEILING:
+        why.append(f"the hit-rate ceiling is {ceiling:.0%} (under {MIN_CEILING:.0%}): within "
+                   "the run too few requests could reuse a prefix for routing to matter; "
+                   "conversations did not reach their later turns")
+    for r in rows:
+        if r["requests"] and r["ok"] / r["requests"] < MIN_COMPLETED:
+            why.append(f"{r['policy']}: only {r['ok']} of {r['requests']} requests completed")
+    p50s = [r["ttft"]["p50"] for r in rows if r["ttft"]["p50"] == r["ttft"]["p50"]]
+    if p50s and min(p50s) > MAX_TTFT_P50_S:
+        why.append(f"every policy's median TTFT is over {MAX_TTFT_P50_S:g} s (the lowest "
+                   f"{min(p50s):.1f} s): the replicas are saturated, TTFT is queueing, "
+                   "not routing")
+    return why
+
+
 def start_backend(args, workload):
     if args.endpoints:
         return backends.Backend(args.endpoints.split(","))
@@ -226,7 +254,9 @@ def render_markdown(doc, out_dir):
         f"{doc['concurrency']}`, V8); Python {env['python']}; everything on 127.0.0.1 "
         "(replicas, Envoy and the client share the 2 cores). Plugin: " + env["plugin"] + ".",
         "",
-        f"Replicas: {what}; model `{backend['model']}`, KV cache {backend['num_blocks']} "
+        f"Replicas: {what}; model `{backend['model']}`"
+        + (f" in {backend['dtype']} ({backend['dtype_reason']})" if backend.get("dtype") else "")
+        + f", KV cache {backend['num_blocks']} "
         f"blocks of {backend['block_size']} tokens each. Every policy gets a fresh Envoy, "
         "the replicas' prefix caches reset, and the same workload (same seed; every prompt "
         "salted per run). TTFT and end-to-end latency are measured by the client "
@@ -404,7 +434,7 @@ def main(argv=None):
            "duration": args.duration, "seed": args.seed, "oracle_gap": args.oracle_gap,
            "oracle_min_match": args.oracle_min_match, "repeat": args.repeat,
            "policies": args.policies, "workloads": []}
-    backend = None
+    backend, verdicts = None, []
     try:
         for workload in chosen:
             # A simulated fleet per workload (LoRA adapters differ); real ones are kept.
@@ -426,9 +456,13 @@ def main(argv=None):
                     raws[policy].append(run_policy(policy, index, workload, backend, wasm,
                                                    args, workdir)[1])
             rows = [merge_runs(p, raws[p], backend) for p in args.policies]
+            why = meaningless(workload, rows)
             doc["workloads"].append({
                 "name": workload.name, "doc": workload.doc, "params": workload.describe(),
-                "rows": rows, "plots": []})
+                "rows": rows, "plots": [],
+                "notes": ["**This run does not compare the policies:** " + "; ".join(why)
+                          + "."] if why else []})
+            verdicts += [f"{workload.name}: {w}" for w in why]
             doc["wall_s"] = time.monotonic() - started
             plots_and_markdown(doc, out_dir)
             print()
@@ -443,6 +477,12 @@ def main(argv=None):
         report.write_index()
     log(f"done in {(time.monotonic() - started) / 60:.1f} min; "
         f"{os.path.relpath(os.path.join(out_dir, 'README.md'), ROOT)}")
+    if verdicts:
+        print("\nTHIS RUN DOES NOT COMPARE THE POLICIES, the table above means nothing:\n"
+              + "\n".join(f"  - {v}" for v in verdicts)
+              + "\nOn slow replicas lower the load (--param qps=..., num_users=...) or "
+                "lengthen the run (--duration).", flush=True)
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":
