@@ -146,15 +146,9 @@ static int hex4(const unsigned char *p, unsigned *value) {
     return 0;
 }
 
-/* 1 for the bytes a JSON string holds as they are: printable ASCII but " and \\. */
-#define PLAIN_ROW(base) \
-    [base] = 1, [base + 1] = 1, [base + 2] = 1, [base + 3] = 1, [base + 4] = 1, \
-    [base + 5] = 1, [base + 6] = 1, [base + 7] = 1
-static const unsigned char PLAIN[256] = {
-    PLAIN_ROW(0x20), PLAIN_ROW(0x28), PLAIN_ROW(0x30), PLAIN_ROW(0x38), PLAIN_ROW(0x40),
-    PLAIN_ROW(0x48), PLAIN_ROW(0x50), PLAIN_ROW(0x58), PLAIN_ROW(0x60), PLAIN_ROW(0x68),
-    PLAIN_ROW(0x70), PLAIN_ROW(0x78), ['"'] = 0, ['\\'] = 0, [0x7f] = 1,
-};
+/* 1 for the bytes a JSON string holds as they are: printable ASCII but " and \\
+   (filled when the module is made). */
+static unsigned char PLAIN[256];
 
 /* A string at s->p (at its opening quote); its decoded bytes are written to
    `into` when not NULL, plain runs in one copy. -1: not one the fast path takes. */
@@ -445,4 +439,7 @@ static struct PyModuleDef fast_module = {PyModuleDef_HEAD_INIT, "_ailb_fast",
                                          "The plugin's hot pure functions in C.", -1,
                                          fast_methods};
 
-PyMODINIT_FUNC PyInit__ailb_fast(void) { return PyModule_Create(&fast_module); }
+PyMODINIT_FUNC PyInit__ailb_fast(void) {
+    for (int c = 0x20; c < 0x80; c++) PLAIN[c] = c != '"' && c != '\\';
+    return PyModule_Create(&fast_module);
+}
