@@ -165,6 +165,9 @@ PyObject *shim_enable_callback(PyObject *self, PyObject *name) {
 typedef struct { int index; uint32_t context; } shim_once_t;
 static shim_once_t *shim_once;
 static int shim_once_count, shim_once_capacity;
+/* Pairs per callback: a callback with none (a streamed answer's chunks, while
+   only the streams' ends are wanted) does not scan the list. */
+static int shim_once_per_callback[SHIM_NUM_CALLBACKS];
 static PyObject *shim_once_callables[SHIM_NUM_CALLBACKS];
 
 PyObject *shim_enable_callback_once(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -182,6 +185,7 @@ PyObject *shim_enable_callback_once(PyObject *self, PyObject *const *args, Py_ss
         shim_once_capacity = capacity;
     }
     shim_once[shim_once_count++] = (shim_once_t){i, context};
+    shim_once_per_callback[i]++;
     Py_RETURN_NONE;
 }
 
@@ -191,6 +195,7 @@ static int shim_once_take(int index, uint32_t context) {
     int taken = 0;
     for (int i = 0; i < shim_once_count;) {
         if (shim_once[i].context == context && (index < 0 || shim_once[i].index == index)) {
+            shim_once_per_callback[shim_once[i].index]--;
             shim_once[i] = shim_once[--shim_once_count];
             taken++;
         } else {
@@ -212,7 +217,8 @@ uint32_t shim_dispatch(int index, const uint32_t *args, int nargs, uint32_t fall
     if (shim_once_count) {
         if (index == SHIM_INDEX_proxy_on_delete) {
             shim_once_take(-1, args[0]);
-        } else if (callable == NULL && shim_once_take(index, args[0])) {
+        } else if (callable == NULL && shim_once_per_callback[index] &&
+                   shim_once_take(index, args[0])) {
             callable = shim_once_callables[index];
         }
     }
