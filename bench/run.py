@@ -172,11 +172,16 @@ MIN_COMPLETED = 0.90
 MAX_TTFT_P50_S = 10.0
 
 
+def median_ceiling(rows):
+    """The workload's hit-rate ceiling over the policies' runs (None: unknown)."""
+    ceilings = sorted(r["ceiling"] for r in rows if r["ceiling"] == r["ceiling"])
+    return ceilings[len(ceilings) // 2] if ceilings else None
+
+
 def meaningless(workload, rows):
     """Why this workload's run does not compare the policies ([] when it does)."""
     why = []
-    ceilings = sorted(r["ceiling"] for r in rows if r["ceiling"] == r["ceiling"])
-    ceiling = ceilings[len(ceilings) // 2] if ceilings else 0.0
+    ceiling = median_ceiling(rows) or 0.0  # unknown: as good as none
     if workload.kind in SHARING and ceiling < MIN_CEILING:
         why.append(f"the hit-rate ceiling is {ceiling:.0%} (under {MIN_CEILING:.0%}): within "
                    "the run too few requests could reuse a prefix for routing to matter; "
@@ -275,7 +280,7 @@ def render_markdown(doc, out_dir):
         lines += ["## Summary", "", report.summary_table(doc["workloads"]), ""]
     for wl in doc["workloads"]:
         rows = wl["rows"]
-        ceilings = [r["ceiling"] for r in rows if r["ceiling"] == r["ceiling"]]
+        ceiling = median_ceiling(rows)
         lines += [
             f"## {wl['name']}: {wl['doc']}", "",
             f"Parameters: {wl['params']}; sending window {doc['duration']:g} s per policy "
@@ -283,7 +288,7 @@ def render_markdown(doc, out_dir):
             + (f", {doc['repeat']} runs per policy (order rotated; requests pooled)"
                if doc.get("repeat", 1) > 1 else "")
             + f", seed {doc['seed']}. Hit-rate ceiling: "
-            f"{report.pct(sorted(ceilings)[len(ceilings) // 2]) if ceilings else 'n/a'}.", "",
+            f"{'n/a' if ceiling is None else report.pct(ceiling)}.", "",
             report.table(rows), "",
             f"![TTFT CDF]({wl['plots'][0]}) ![hit rate vs load]({wl['plots'][1]})"
             if wl["plots"] and all(wl["plots"]) else "(plots: install matplotlib, the `bench` "

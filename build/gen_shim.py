@@ -25,6 +25,9 @@ SPECIAL_BUILTINS = (
     ("_tokenize", "PyInit__tokenize"), ("_warnings", "_PyWarnings_Init"),
     ("builtins", None), ("sys", None),
 )
+# The shim's own builtin modules: the generated host-function wrappers, and
+# host_shim/fast.c's hot pure functions.
+SHIM_BUILTINS = ("_proxywasm_host", "_ailb_fast")
 
 
 def _c_params(params):
@@ -138,18 +141,15 @@ def source(host_functions, callbacks, abi_marker):
 
 
 def inittab():
-    decls = [f"PyObject *PyInit_{m}(void);" for m in CORE_BUILTINS]
+    decls = [f"PyObject *PyInit_{m}(void);" for m in CORE_BUILTINS + SHIM_BUILTINS]
     decls += [f"PyObject *{fn}(void);" for _, fn in SPECIAL_BUILTINS if fn]
     rows = [f'    {{"{m}", PyInit_{m}}},' for m in CORE_BUILTINS]
     rows += [f'    {{"{m}", {fn or "NULL"}}},' for m, fn in SPECIAL_BUILTINS]
-    rows.append('    {"_proxywasm_host", PyInit__proxywasm_host},')
-    decls.append("PyObject *PyInit__ailb_fast(void);")
-    rows.append('    {"_ailb_fast", PyInit__ailb_fast},  /* host_shim/fast.c */')
+    rows += [f'    {{"{m}", PyInit_{m}}},' for m in SHIM_BUILTINS]
     return "\n".join(decls + ["struct _inittab _PyImport_Inittab[] = {"] + rows +
                      ["    {NULL, NULL},", "};"])
 
 
 def builtin_module_names():
     """Every module the embedded CPython has compiled in."""
-    return (set(CORE_BUILTINS) | {m for m, _ in SPECIAL_BUILTINS}
-            | {"_proxywasm_host", "_ailb_fast"})
+    return set(CORE_BUILTINS) | {m for m, _ in SPECIAL_BUILTINS} | set(SHIM_BUILTINS)

@@ -1,5 +1,5 @@
 """The shim's C versions of hot pure functions answer as their Python
-references do: in the built wasm they run in C (tests/plugins/hash_plugin.py
+references do: in the built wasm they run in C (tests/plugins/fast_paths_plugin.py
 says which ran), natively the reference itself."""
 
 import hashlib
@@ -8,25 +8,30 @@ import random
 
 from ai_load_balancer import llm_request, prefix_hash
 
-HASH_PLUGIN = "hash_plugin"
+PLUGIN = "fast_paths_plugin"
 
 
-def hashes_from(host, namespace, prompt, block_size, max_blocks):
+def answered(host, path, body, headers=()):
+    """(answer body, "c" | "python") of the test plugin for `body` at `path`."""
     cid = host.init_http_context()
-    host.call_on_request_headers(cid, [(":method", "POST"), (":path", "/"),
-                                       ("x-namespace", namespace),
-                                       ("x-block-size", str(block_size)),
-                                       ("x-max-blocks", str(max_blocks))], end_of_stream=False)
-    host.call_on_request_body(cid, prompt, end_of_stream=True)
+    host.call_on_request_headers(cid, [(":method", "POST"), (":path", path), *headers],
+                                 end_of_stream=False)
+    host.call_on_request_body(cid, body, end_of_stream=True)
     answer = host.get_sent_local_response(cid)
     host.complete_http_context(cid)
     assert answer is not None and answer.status_code == 200
-    hashes = answer.body.decode().split("\n") if answer.body else []
-    return hashes, answer.header("x-hashed-by")
+    return answer.body, answer.header("x-answered-by")
+
+
+def hashes_from(host, namespace, prompt, block_size, max_blocks):
+    body, by = answered(host, "/hash", prompt, [("x-namespace", namespace),
+                                                ("x-block-size", str(block_size)),
+                                                ("x-max-blocks", str(max_blocks))])
+    return (body.decode().split("\n") if body else []), by
 
 
 def test_chained_prompt_hashes_match_the_reference(make_host):
-    host = make_host(entry=HASH_PLUGIN, configuration=b"{}")
+    host = make_host(entry=PLUGIN, configuration=b"{}")
     rng = random.Random(11)
     expected_by = "python" if make_host.mode == "native" else "c"
     for case in range(60):
@@ -41,7 +46,6 @@ def test_chained_prompt_hashes_match_the_reference(make_host):
         assert hashes == prefix_hash.reference_hashes(key, prompt, block_size, max_blocks), case
 
 
-PARSE_PLUGIN = "parse_plugin"
 TEXTS = ["hello", "", "a \"quoted\" \\ back\\slash / slash", "tab\tnew\nline\r\x00nul\x1f",
          "héllo wörld", "日本語のテキスト", "emoji 😀 and 𝄞", "\u2028\u2029", "<|user|>"]
 
@@ -110,25 +114,20 @@ def odd_body(rng):
 
 
 def test_chat_bodies_read_in_c_match_the_python_parser(make_host):
-    host = make_host(entry=PARSE_PLUGIN, configuration=b"{}")
+    host = make_host(entry=PLUGIN, configuration=b"{}")
     rng = random.Random(5)
     fast_answers = 0
     cases = [encoded(rng, chat_doc(rng)) for _ in range(120)] + \
         [odd_body(rng) for _ in range(240)]
     for case, body in enumerate(cases):
-        cid = host.init_http_context()
-        host.call_on_request_headers(cid, [(":method", "POST"), (":path", "/")],
-                                     end_of_stream=False)
-        host.call_on_request_body(cid, body, end_of_stream=True)
-        answer = json.loads(host.get_sent_local_response(cid).body)
-        host.complete_http_context(cid)
+        text, by = answered(host, "/parse", body)
+        answer, fast = json.loads(text), by == "c"
         try:
             request = llm_request.parse_json(body)
             expected = {"model": request.model, "salt": request.cache_salt,
                         "prompt": request.prompt.decode("latin-1")}
         except llm_request.NotAnLLMRequest as exc:
             expected = {"error": str(exc)}
-        fast = answer.pop("fast")
         if make_host.mode == "wasm" and body.startswith(b"\xef\xbb\xbf"):
             expected = {"error": "the VM embeds no utf-8-sig codec"}  # as llm_request says
         assert ("error" in answer) == ("error" in expected), (case, body[:120], answer)

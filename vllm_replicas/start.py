@@ -188,6 +188,7 @@ class VllmReplicas:
     @classmethod
     def start_with(cls, args):
         os.makedirs(args.log_dir, exist_ok=True)
+        args.dtype_reason = "given"
         if args.dtype == "auto":
             args.dtype, args.dtype_reason = cpu_dtype()
             print(f"vllm replicas: dtype {args.dtype} ({args.dtype_reason})", file=sys.stderr,
@@ -218,7 +219,7 @@ class VllmReplicas:
     def describe(self):
         return {"endpoints": self.endpoints, "model": self.args.served_model_name,
                 "dtype": self.args.dtype,
-                "dtype_reason": getattr(self.args, "dtype_reason", "given"),
+                "dtype_reason": self.args.dtype_reason,
                 "ready_s": [round(r.ready_s, 1) for r in self.replicas],
                 "rss_mb": [r.rss_mb() for r in self.replicas],
                 "cores": [r.core for r in self.replicas],

@@ -1,0 +1,60 @@
+"""A test plugin that answers each request with what the plugin's own code
+made of its body, so a test can hold the shim's C paths (in the VM) to their
+Python references. The request's :path picks the function; the answer is a
+local 200.
+
+  /hash   prefix_hash.block_hashes of the body, with headers x-namespace,
+          x-block-size, x-max-blocks: the hashes one per line; x-answered-by
+          says which implementation ran ("c" or "python")
+  /parse  llm_request.parse of the body: JSON {"model", "salt", "prompt"
+          (latin-1 text of the prompt bytes)} or {"error": the
+          NotAnLLMRequest message}; x-answered-by "c" when the C reader
+          answered, else "python"
+"""
+
+import json
+
+from ai_load_balancer import llm_request, prefix_hash
+from proxywasm import CONTINUE, PAUSE, HttpContext, RootContext, hostcalls, set_root_context
+
+
+def header(name):
+    return hostcalls.get_header(hostcalls.REQUEST_HEADERS, name)
+
+
+def hashed(body):
+    hashes = prefix_hash.block_hashes(header("x-namespace").encode(), body,
+                                      int(header("x-block-size")), int(header("x-max-blocks")))
+    return "\n".join(hashes), prefix_hash.chained_hashes is not None
+
+
+def parsed(body):
+    fast = llm_request.chat_prompt is not None and llm_request.chat_prompt(body) is not None
+    try:
+        request = llm_request.parse(body)
+        answer = {"model": request.model, "salt": request.cache_salt,
+                  "prompt": request.prompt.decode("latin-1")}
+    except llm_request.NotAnLLMRequest as exc:
+        answer = {"error": str(exc)}
+    return json.dumps(answer), fast
+
+
+class FastPathStream(HttpContext):
+    def on_request_headers(self, num_headers, end_of_stream):
+        return PAUSE
+
+    def on_request_body(self, body_size, end_of_stream):
+        if not end_of_stream:
+            return PAUSE
+        body = hostcalls.get_buffer(hostcalls.REQUEST_BODY, 0, body_size) or b""
+        answer, in_c = {"/hash": hashed, "/parse": parsed}[header(":path")](body)
+        self.send_local_response(200, answer, [("x-answered-by", "c" if in_c else "python")],
+                                 "answered")
+        return CONTINUE
+
+
+class FastPathRoot(RootContext):
+    http_context = FastPathStream
+
+
+set_root_context(FastPathRoot)
