@@ -77,3 +77,33 @@ def test_cluster_metrics_routes_by_the_service_it_writes(start_envoy, production
     served = [r.replica for r in answers]
     assert sorted(set(served)) == ["svc0", "svc1"] and served.count("svc0") >= 3, served
     assert envoy.stats(r"wasmcustom\.ailb\.decisions\.cluster_metrics\.LeastBusy")
+
+
+def test_cluster_hash_keeps_a_consumer_on_one_service(start_envoy, production_wasm):
+    """lb_type cluster, cluster_hash in stock Envoy: every request of one
+    consumer reaches the same service through the route's cluster_header;
+    consumers spread over both services."""
+    with harness.ReplicaSet.start(2, prefix="svc") as services:
+        names = ["llm-a", "llm-b"]
+        document = {"lb_type": "cluster", "lb_policy": "cluster_hash",
+                    "lb_config": {"clusters": [{"cluster": names[0], "weight": 50},
+                                               {"cluster": names[1], "weight": 50}]}}
+        config = harness.EnvoyConfig.simple(services.endpoints[:1], wasm_path=production_wasm,
+                                            plugin_config=document)
+        config.clusters = [harness.Cluster([address], name, override_host=False)
+                           for address, name in zip(services.endpoints, names)]
+        config.listeners[0].cluster_header = "x-higress-target-cluster"
+        envoy = start_envoy(config)
+        envoy.wait_for_log("configured, lb_policy=cluster_hash")
+        served = {}
+        with harness.Client(envoy.port) as client:
+            for turn in range(3):
+                for user in range(12):
+                    answer = client.post("/v1/chat/completions", chat(["hi"]),
+                                         {**JSON, "x-mse-consumer": f"user-{user}",
+                                          "x-higress-target-cluster": "no-such-cluster"})
+                    assert answer.status == 200, answer.status
+                    served.setdefault(user, set()).add(answer.replica)
+    assert all(len(replicas) == 1 for replicas in served.values()), served
+    assert {r for replicas in served.values() for r in replicas} == {"svc0", "svc1"}
+    assert envoy.stats(r"wasmcustom\.ailb\.decisions\.cluster_hash\.hash")

@@ -254,3 +254,39 @@ def test_cluster_metrics_chooses_the_service_and_learns_from_answers(make_host, 
     assert host.get_counter_metric(
         "ailb.decisions.cluster_metrics.LeastFirstTokenLatency") == 40
     assert host.get_error_logs() == []
+
+
+@pytest.mark.parametrize("target", ["higress", "envoy"])
+def test_cluster_hash_keeps_each_key_on_its_service(make_host, target):
+    """lb_type cluster, cluster_hash: a consumer's requests all go to one service
+    (the client's cluster header replaced), consumers spread by weight, and a
+    request without the key still gets a service (Higress refuses it)."""
+    a, b = "outbound|80||llm-a.dns", "outbound|80||llm-b.dns"
+    document = {"_rules_": [{"_match_route_": ["ai-route"], "lb_type": "cluster",
+                             "lb_policy": "cluster_hash", "lb_config": {
+                                 "clusters": [{"cluster": a, "weight": "25"},
+                                              {"cluster": b, "weight": 75}]}}]}
+    host = make_host(target=target)
+    assert host.start_plugin(json.dumps(document)), host.logs_text()
+
+    def service_of(consumer):
+        cid = host.init_http_context()
+        host.set_property(["route_name"], "ai-route", context_id=cid)
+        headers = [(":method", "POST"), (":path", "/v1/x"), (":authority", "a"),
+                   ("x-higress-target-cluster", "client-choice")]
+        if consumer:
+            headers.append(("x-mse-consumer", consumer))
+        host.call_on_request_headers(cid, headers, True)
+        host.call_on_response_headers(cid, [(":status", "200")], True)
+        host.complete_http_context(cid)
+        return host.get_request_header(cid, "x-higress-target-cluster")
+
+    first = {f"consumer-{i}": service_of(f"consumer-{i}") for i in range(200)}
+    again = {consumer: service_of(consumer) for consumer in first}
+    assert again == first
+    assert 25 <= list(first.values()).count(a) <= 75, first  # ~50 of 200
+    assert {service_of("") for _ in range(30)} == {a, b}
+    assert host.get_counter_metric("ailb.decisions.cluster_hash.hash") == 400
+    assert host.get_counter_metric("ailb.decisions.cluster_hash.no_key") == 30
+    assert host.get_error_logs() == []
+    assert "no x-mse-consumer header" in host.logs_text()

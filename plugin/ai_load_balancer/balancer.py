@@ -37,7 +37,9 @@ class Balancer:
         self.wants_redis = False      # configured with Redis (and the host has it)
         self.pick_script_cached = False  # Redis answered the pick script: EVALSHA from now
         self.policy = self.health = self.inflight = self.prefix_index = None
-        self.services = ServiceStats(config.services) if config.lb_type == "cluster" else None
+        # lb_type cluster: what chooses the service (cluster_hash: its pure config)
+        self.services = ServiceStats(config.services) if config.policy == "cluster_metrics" \
+            else config.services
         if config.lb_type != "endpoint":
             return
         # State keys differ per configuration and agree across the VMs of a process.

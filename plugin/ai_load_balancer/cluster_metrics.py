@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 from .config_fields import BY_NAME, ConfigError
 
-__all__ = ["MODES", "ClusterMetricsConfig", "ServiceStats", "parse_services"]
+__all__ = ["MODES", "ClusterMetricsConfig", "ServiceStats", "cluster_header", "parse_services",
+           "service_name"]
 
 MODES = BY_NAME["mode"].choices            # LeastBusy, LeastTotalLatency, LeastFirstTokenLatency
-DEFAULT_HEADER = BY_NAME["cluster_header"].default
 _TCHAR = frozenset("abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~")
 
 
@@ -55,7 +55,7 @@ def parse_services(lb):
     return ClusterMetricsConfig(
         mode=mode,
         services=_service_list(lb),
-        header=_header(lb),
+        header=cluster_header(lb, "cluster_header"),
         rate_limit=lb.get("rate_limit"),
         queue_size=lb.get("queue_size"),
     )
@@ -71,9 +71,7 @@ def _service_list(lb):
         raise ConfigError(f"{path}: must list at least one service (Envoy cluster name)")
     out = []
     for name in names:
-        if not name or any(c <= " " or c == "\x7f" for c in name):
-            raise ConfigError(f"{path}: {name!r} is not an Envoy cluster name "
-                              f"(empty, or has spaces or control characters)")
+        name = service_name(path, name)
         if name in out:
             lb.warnings.append(f"{path}: {name!r} is listed twice; counted once")
             continue
@@ -81,10 +79,19 @@ def _service_list(lb):
     return tuple(out)
 
 
-def _header(lb):
-    header = (lb.get("cluster_header") or DEFAULT_HEADER).lower()
+def service_name(path, name):
+    """A backend service's Envoy cluster name, checked; configure time."""
+    if not isinstance(name, str) or not name or any(c <= " " or c == "\x7f" for c in name):
+        raise ConfigError(f"{path}: {name!r} is not an Envoy cluster name "
+                          f"(empty, or has spaces or control characters)")
+    return name
+
+
+def cluster_header(lb, field):
+    """A request header name field of lb_config (empty: its default), lower-case."""
+    header = (lb.get(field) or BY_NAME[field].default).lower()
     if not set(header) <= _TCHAR:
-        raise ConfigError(f"{lb.path}.cluster_header: {header!r} is not a request header "
+        raise ConfigError(f"{lb.path}.{field}: {header!r} is not a request header "
                           f"name (letters, digits and -_. only; no pseudo-headers)")
     return header
 

@@ -10,6 +10,7 @@ config_fields.py.
 import dataclasses
 from dataclasses import dataclass
 
+from .cluster_hash import parse_clusters
 from .cluster_metrics import parse_services
 from .config_fields import (ALIASES, BY_NAME, CLUSTER_POLICIES, HEALTH_BY_NAME, LB_TYPES,
                             SCRAPED, ConfigError, Field, as_number, read)
@@ -59,7 +60,7 @@ class LBConfig:
     health: object = None                  # HealthConfig
     failover: int = 0                      # fallback endpoints after the primary (Envoy retries)
     all_down: str = ""                     # "service_lb" | "503"
-    services: object = None                # ClusterMetricsConfig (lb_type cluster)
+    services: object = None                # lb_type cluster: ClusterMetricsConfig | ClusterHashConfig
     profile: object = None                 # pipeline.CustomProfile (filters, scorers, picker)
 
 
@@ -121,7 +122,8 @@ def parse_doc(doc, path=""):
         raise ConfigError(f"{path}lb_config: must be an object")
     lb = _Fields(fields, policy, f"{path}lb_config")
     if policy in CLUSTER_POLICIES:
-        config = LBConfig(policy, lb_type, services=parse_services(lb))
+        parse = parse_services if policy == "cluster_metrics" else parse_clusters
+        config = LBConfig(policy, lb_type, services=parse(lb))
         return config, lb.unknown()
     if policy == "header":
         return LBConfig(policy, header=_non_empty(lb, "header").lower()), lb.unknown()

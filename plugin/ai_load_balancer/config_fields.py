@@ -15,7 +15,7 @@ from .policies import POLICIES
 
 # lb_policy names, by lb_type. least_busy is endpoint_metrics' name in this project.
 ENDPOINT_POLICIES = tuple(POLICIES)
-CLUSTER_POLICIES = ("cluster_metrics",)
+CLUSTER_POLICIES = ("cluster_metrics", "cluster_hash")
 ALIASES = {"endpoint_metrics": "least_busy", "metrics_based": "least_busy"}
 LB_TYPES = {"endpoint": ENDPOINT_POLICIES, "cluster": CLUSTER_POLICIES}
 
@@ -171,12 +171,21 @@ LB_CONFIG_FIELDS = (
     _f("service_list", "strings", [], ("cluster_metrics",), "the candidate services as full "
        "Envoy cluster names (`outbound|80||svc.dns`); required, non-empty",
        higress="same; the older Higress accepted an empty list and then failed every request"),
-    _f("cluster_header", "string", "x-higress-target-cluster", ("cluster_metrics",),
+    _f("cluster_header", "string", "x-higress-target-cluster", CLUSTER_POLICIES,
        "request header the chosen service is written to (the route's `cluster_header`); "
        "any value sent by the client is overwritten", higress="same; empty means the default"),
     _f("queue_size", "int", 100, ("cluster_metrics",), "latency samples kept per service "
        "(only the last queue_size count in the means)", low=1,
        higress="0 means 100 there and a negative value 16; both are errors here"),
+    # --- lb_type cluster: cluster_hash ---
+    _f("clusters", "list", None, ("cluster_hash",), "the candidate services: "
+       "`[{cluster: <Envoy cluster name>, weight: 1..100}]`, weights adding up to 100; a key "
+       "takes slot FNV-1a(key) mod 100 of the services laid out by weight in list order; "
+       "required", higress="same; the same key goes to the same service there and here"),
+    _f("hash_header", "string", "x-mse-consumer", ("cluster_hash",), "request header whose "
+       "value is the key (empty: the default)",
+       higress="same; a request without it is refused with 403 there, here it takes a random "
+       "slot (the weights still hold)"),
 )
 
 HEALTH_FIELDS = (

@@ -108,12 +108,21 @@ class LoadBalancerStream(HttpContext):
     def _choose_service(self):
         """lb_type cluster: the backend service, written into the header the
         route's cluster_header action reads (a client-sent value is replaced)."""
-        self.started_ns = hostcalls.now_ns()
-        self._want_the_rest()
-        self.service = self.lb.services.choose(int.from_bytes(os.urandom(2), "little"))
-        hostcalls.replace_header(hostcalls.REQUEST_HEADERS, self.cfg.services.header,
-                                 self.service)
-        stats.count(f"ailb.decisions.{self.cfg.policy}.{self.cfg.services.mode}")
+        services, rotation = self.cfg.services, int.from_bytes(os.urandom(2), "little")
+        label = services.mode
+        if self.cfg.policy == "cluster_hash":  # stateless: nothing to time or uncount
+            key = hostcalls.get_header(hostcalls.REQUEST_HEADERS, services.hash_header)
+            service = services.choose(key, rotation)
+            if not key:
+                label = "no_key"
+                self.lb.limiter.log(hostcalls.WARN, "no hash key", f"no {services.hash_header} "
+                                    f"header: a random service by the weights")
+        else:
+            self.started_ns = hostcalls.now_ns()
+            self._want_the_rest()
+            service = self.service = self.lb.services.choose(rotation)
+        hostcalls.replace_header(hostcalls.REQUEST_HEADERS, services.header, service)
+        stats.count(f"ailb.decisions.{self.cfg.policy}.{label}")
         return CONTINUE
 
     def _elapsed_ms(self):

@@ -34,7 +34,7 @@ class LoadBalancerRoot(RootContext):
         self.by_rule = {rule.name: Balancer(self, rule.config, rule.name)
                         for rule in self.plugin_config.rules}
         self.balancers = [b for b in [self.default, *self.by_rule.values()] if b is not None]
-        if any(b.services is not None and b.services.config.mode == "LeastFirstTokenLatency"
+        if any(b.services is not None and b.config.services.mode == "LeastFirstTokenLatency"
                for b in self.balancers):
             dispatcher.enable("on_response_body")  # the first answer byte is timed
         periods = [p for p in (b.tick_ms() for b in self.balancers) if p]
