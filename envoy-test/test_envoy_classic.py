@@ -254,6 +254,42 @@ def test_consistent_hash_keeps_sessions_and_spreads_them(hash_envoy, hash_fleet)
     assert min(per_replica.values()) >= 10, per_replica  # 20 each expected
 
 
+@pytest.fixture(scope="module")
+def sticky_envoy(module_envoys, hash_fleet, production_wasm):
+    return start_policy_envoy(module_envoys, hash_fleet.endpoints, production_wasm,
+                              "endpoint_hash", hash_header="x-user")
+
+
+def test_endpoint_hash_binds_a_session_to_the_replica_that_answered_it(sticky_envoy,
+                                                                       hash_fleet):
+    """A new session goes where Envoy's own load balancing sends it; from then
+    on it is pinned there, from every worker (the binding is in shared data)."""
+    users = [f"user-{i}" for i in range(30)]
+    landed = collections.defaultdict(list)
+    clients = [harness.Client(sticky_envoy.port) for _ in range(4)]
+    try:
+        for round_ in range(3):
+            for i, user in enumerate(users):
+                client = clients[(i + round_) % len(clients)]
+                response = client.post(CHAT_PATH, CHAT, {**JSON, "x-user": user})
+                assert response.status == 200
+                d = decision(response)
+                if round_ == 0:
+                    assert d is None  # placed by the cluster's own load balancing
+                else:
+                    assert (d["reason"], hash_fleet.by_address(d["address"]).name) == \
+                        ("sticky", response.replica)
+                landed[user].append(response.replica)
+    finally:
+        for client in clients:
+            client.close()
+    assert all(len(set(names)) == 1 for names in landed.values()), landed
+    assert len({names[0] for names in landed.values()}) == 3  # round robin spread them
+    counts = custom_stats(sticky_envoy)
+    assert (counts["ailb.decisions.endpoint_hash.new"],
+            counts["ailb.decisions.endpoint_hash.sticky"]) == (30, 60), counts
+
+
 # --- 3 and 6a. active health checks; all unhealthy -> the service's own LB -------------------
 
 @pytest.fixture(scope="module")

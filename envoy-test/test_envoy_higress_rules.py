@@ -54,6 +54,19 @@ def test_the_manifests_rule_decides_its_route_and_leaves_others_alone(
     assert "Traceback" not in envoy.log()
 
 
+def two_services_envoy(start_envoy, wasm, services, names, document):
+    """An Envoy whose route sends each request to the cluster named in
+    x-higress-target-cluster; one cluster per service, named `names`."""
+    config = harness.EnvoyConfig.simple(services.endpoints[:1], wasm_path=wasm,
+                                        plugin_config=document)
+    config.clusters = [harness.Cluster([address], name, override_host=False)
+                       for address, name in zip(services.endpoints, names)]
+    config.listeners[0].cluster_header = "x-higress-target-cluster"
+    envoy = start_envoy(config)
+    envoy.wait_for_log(f"configured, lb_policy={document['lb_policy']}")
+    return envoy
+
+
 def test_cluster_metrics_routes_by_the_service_it_writes(start_envoy, production_wasm):
     """lb_type cluster in stock Envoy: the route's cluster_header reads the
     service the plugin chose (a client's value replaced); one request at a time
@@ -62,13 +75,7 @@ def test_cluster_metrics_routes_by_the_service_it_writes(start_envoy, production
         names = ["llm-a", "llm-b"]
         document = {"lb_type": "cluster", "lb_policy": "cluster_metrics",
                     "lb_config": {"mode": "LeastBusy", "service_list": names}}
-        config = harness.EnvoyConfig.simple(services.endpoints[:1], wasm_path=production_wasm,
-                                            plugin_config=document)
-        config.clusters = [harness.Cluster([address], name, override_host=False)
-                           for address, name in zip(services.endpoints, names)]
-        config.listeners[0].cluster_header = "x-higress-target-cluster"
-        envoy = start_envoy(config)
-        envoy.wait_for_log("configured, lb_policy=cluster_metrics")
+        envoy = two_services_envoy(start_envoy, production_wasm, services, names, document)
         with harness.Client(envoy.port) as client:
             answers = [client.post("/v1/chat/completions", chat(["hi"]),
                                    {**JSON, "x-higress-target-cluster": "no-such-cluster"})
@@ -88,13 +95,7 @@ def test_cluster_hash_keeps_a_consumer_on_one_service(start_envoy, production_wa
         document = {"lb_type": "cluster", "lb_policy": "cluster_hash",
                     "lb_config": {"clusters": [{"cluster": names[0], "weight": 50},
                                                {"cluster": names[1], "weight": 50}]}}
-        config = harness.EnvoyConfig.simple(services.endpoints[:1], wasm_path=production_wasm,
-                                            plugin_config=document)
-        config.clusters = [harness.Cluster([address], name, override_host=False)
-                           for address, name in zip(services.endpoints, names)]
-        config.listeners[0].cluster_header = "x-higress-target-cluster"
-        envoy = start_envoy(config)
-        envoy.wait_for_log("configured, lb_policy=cluster_hash")
+        envoy = two_services_envoy(start_envoy, production_wasm, services, names, document)
         served = {}
         with harness.Client(envoy.port) as client:
             for turn in range(3):

@@ -9,7 +9,7 @@ from proxywasm import hostcalls
 from proxywasm.abi import HostError
 from proxywasm.dispatcher import run_isolated
 
-from . import endpoints, redis_state, stats
+from . import endpoints, redis_state, session_table, stats
 from .cluster_metrics import ServiceStats
 from .embedded_inflight import EmbeddedInflight
 from .embedded_prefix_index import EmbeddedPrefixIndex
@@ -36,7 +36,7 @@ class Balancer:
         self.redis = None             # the Redis cluster, once redis_init succeeded
         self.wants_redis = False      # configured with Redis (and the host has it)
         self.pick_script_cached = False  # Redis answered the pick script: EVALSHA from now
-        self.policy = self.health = self.inflight = self.prefix_index = None
+        self.policy = self.health = self.inflight = self.prefix_index = self.sessions = None
         # lb_type cluster: what chooses the service (cluster_hash: its pure config)
         self.services = ServiceStats(config.services) if config.policy == "cluster_metrics" \
             else config.services
@@ -55,9 +55,13 @@ class Balancer:
                                                 self.policy.capacity_of)
         self.health = Health(config.health, f"ailb:health:{self.state_id}", self.vm_id)
         self.health.cluster = config.health.cluster
+        if self.policy.sticky:
+            self.sessions = session_table.EmbeddedSessions(self.state_id, config.index_capacity,
+                                                           config.sticky_ttl_s)
         self.inflight.create()
         self.health.create()
-        self.wants_redis = config.redis is not None and bool(self.policy.redis_rule)
+        self.wants_redis = config.redis is not None and bool(self.policy.redis_rule
+                                                             or self.policy.sticky)
         if self.wants_redis and self.policy.custom:
             hostcalls.log(hostcalls.WARN, f"ai-load-balancer: {name}: Redis runs the preset "
                                           f"{config.policy} only; with lb_config's own filters, "
@@ -96,6 +100,19 @@ class Balancer:
             return
         self.redis = cluster
         self.pick_script_cached = False
+
+    def bind_in_redis(self, cluster, session, address):
+        """Binds a session to `address` in Redis (endpoint_hash). Not retried:
+        a lost write leaves the session unbound, placed anew next time."""
+        self._send_to_redis(session_table.bind_command(
+            cluster, session, address, self.config.sticky_ttl_s), "Redis session binding")
+
+    def _send_to_redis(self, command, what):
+        """A command whose answer nobody waits for; not sent: logged."""
+        try:
+            hostcalls.redis_call(self.redis, command)
+        except Exception as exc:
+            self.limiter.log(hostcalls.WARN, what, f"{self.name}: {what} not sent ({exc})")
 
     def redis_unauthenticated(self):
         """Redis answered NOAUTH (a new connection without our login): init again."""
@@ -153,12 +170,9 @@ class Balancer:
         """Uncounts the prompt work of request `request_id` (its first answer
         byte came). Not retried: should it be lost, the request's release
         uncounts the work too."""
-        try:
-            hostcalls.redis_call(self.redis, redis_state.release_command(
-                cluster, self.vm_id, request_id, self.config.lease_s * 1000, work_only=True))
-        except Exception as exc:
-            self.limiter.log(hostcalls.WARN, "release", f"{self.name}: Redis work release not "
-                             f"sent ({exc})")
+        self._send_to_redis(redis_state.release_command(
+            cluster, self.vm_id, request_id, self.config.lease_s * 1000, work_only=True),
+            "Redis work release")
 
     def release_in_redis(self, cluster, request_id):
         """Uncounts request `request_id` in Redis, whether its pick ran or

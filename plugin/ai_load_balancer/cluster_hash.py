@@ -14,8 +14,8 @@ filter reads the header and writes the choice into `cluster_header`.
 
 from dataclasses import dataclass
 
-from .cluster_metrics import cluster_header, service_name
-from .config_fields import ConfigError, Field, read
+from .cluster_metrics import service_name
+from .config_fields import ConfigError, Field, header_name, read
 
 __all__ = ["ClusterHashConfig", "parse_clusters", "fnv1a_32"]
 
@@ -70,5 +70,5 @@ def parse_clusters(lb):
         slots += [name] * weight
     if len(slots) != SLOTS:
         raise ConfigError(f"{path}: the weights must add up to {SLOTS}, not {len(slots)}")
-    return ClusterHashConfig(hash_header=cluster_header(lb, "hash_header"),
-                             header=cluster_header(lb, "cluster_header"), slots=tuple(slots))
+    return ClusterHashConfig(hash_header=header_name(lb, "hash_header"),
+                             header=header_name(lb, "cluster_header"), slots=tuple(slots))

@@ -26,13 +26,11 @@ choose() / first_byte() / done().
 from collections import deque
 from dataclasses import dataclass
 
-from .config_fields import BY_NAME, ConfigError
+from .config_fields import BY_NAME, ConfigError, header_name
 
-__all__ = ["MODES", "ClusterMetricsConfig", "ServiceStats", "cluster_header", "parse_services",
-           "service_name"]
+__all__ = ["MODES", "ClusterMetricsConfig", "ServiceStats", "parse_services", "service_name"]
 
 MODES = BY_NAME["mode"].choices            # LeastBusy, LeastTotalLatency, LeastFirstTokenLatency
-_TCHAR = frozenset("abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +53,7 @@ def parse_services(lb):
     return ClusterMetricsConfig(
         mode=mode,
         services=_service_list(lb),
-        header=cluster_header(lb, "cluster_header"),
+        header=header_name(lb, "cluster_header"),
         rate_limit=lb.get("rate_limit"),
         queue_size=lb.get("queue_size"),
     )
@@ -87,13 +85,6 @@ def service_name(path, name):
     return name
 
 
-def cluster_header(lb, field):
-    """A request header name field of lb_config (empty: its default), lower-case."""
-    header = (lb.get(field) or BY_NAME[field].default).lower()
-    if not set(header) <= _TCHAR:
-        raise ConfigError(f"{lb.path}.{field}: {header!r} is not a request header "
-                          f"name (letters, digits and -_. only; no pseudo-headers)")
-    return header
 
 
 class _Window:

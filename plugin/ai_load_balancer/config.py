@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from .cluster_hash import parse_clusters
 from .cluster_metrics import parse_services
 from .config_fields import (ALIASES, BY_NAME, CLUSTER_POLICIES, HEALTH_BY_NAME, LB_TYPES,
-                            SCRAPED, ConfigError, Field, as_number, read)
+                            SCRAPED, ConfigError, Field, as_number, header_name, read)
 from .pipeline import FILTERS, NEEDS, PICKERS, SCORERS, CustomProfile
 from .policies import POLICIES
 
@@ -57,6 +57,7 @@ class LBConfig:
     weights: tuple = ()                    # ((address, weight), ...): weighted_round_robin
     hash_key: tuple = ()                   # consistent_hash: ("header"|"body", name)
     hash_load_factor: float = 0.0          # consistent_hash: bounded load factor
+    sticky_ttl_s: int = 0                  # endpoint_hash: a binding lives this long unused
     health: object = None                  # HealthConfig
     failover: int = 0                      # fallback endpoints after the primary (Envoy retries)
     all_down: str = ""                     # "service_lb" | "503"
@@ -150,6 +151,7 @@ def parse_doc(doc, path=""):
         weights=_endpoint_weights(lb),
         hash_key=_hash_key(lb),
         hash_load_factor=lb.get("hashLoadFactor"),
+        sticky_ttl_s=lb.get("stickyTimeout") * 60,
         health=_health(lb),
         failover=lb.get("failoverEndpoints"),
         all_down=lb.get("allDownBehavior"),
@@ -174,6 +176,8 @@ def _endpoint_weights(lb):
 
 
 def _hash_key(lb):
+    if lb.policy == "endpoint_hash":
+        return ("header", header_name(lb, "hash_header"))
     key = lb.get("hashKey")
     if not isinstance(key, dict) or len(key) != 1 or next(iter(key)) not in ("header", "bodyField") \
             or not isinstance(next(iter(key.values())), str) or not next(iter(key.values())):

@@ -21,7 +21,8 @@ LB_TYPES = {"endpoint": ENDPOINT_POLICIES, "cluster": CLUSTER_POLICIES}
 
 # Who reads what.
 PICKING = tuple(n for n, p in POLICIES.items() if not p.headers_only)  # all but header
-REDIS = tuple(n for n, p in POLICIES.items() if p.redis_rule)
+PIPELINE = tuple(n for n, p in POLICIES.items() if not p.headers_only and not p.sticky)
+REDIS = tuple(n for n, p in POLICIES.items() if p.redis_rule or p.sticky)
 COUNTED = tuple(n for n, p in POLICIES.items() if "under_limit" in p.profile.filters)
 PREFIX = ("prefix_cache", "least_busy")               # the prefix index
 SCRAPED = ("least_busy", "queue_depth")
@@ -91,8 +92,8 @@ LB_CONFIG_FIELDS = (
        high=4096, unit="bytes"),
     _f("maxPrefixBlocks", "int", 256, PREFIX, "blocks hashed per prompt at most", low=1,
        high=4096),
-    _f("indexCapacity", "int", 65536, PREFIX, "slots of the embedded prefix index", low=16,
-       high=1 << 24),
+    _f("indexCapacity", "int", 65536, PREFIX + ("endpoint_hash",), "slots of the embedded "
+       "prefix index (endpoint_hash: of the embedded session table)", low=16, high=1 << 24),
     _f("kvCacheTokens", "int", 0, ("prefix_cache",), "each replica's KV cache size in tokens: "
        "the prefix index forgets, per replica, the prompt blocks sent there longest ago "
        "once twice that has been computed there since (the replica must have evicted them; "
@@ -128,13 +129,13 @@ LB_CONFIG_FIELDS = (
        "recent picks one replica (or service) may take", low=0.0, high=1.0, higress="same"),
     _f("criticalModels", "strings", [], ("least_busy",), "models whose requests are critical "
        "(never shed); empty: every request is critical"),
-    _f("scorers", "list", None, PICKING, "replaces the preset's scorers: [{name, weight}] "
+    _f("scorers", "list", None, PIPELINE, "replaces the preset's scorers: [{name, weight}] "
        "of the registered scorers (least_request, prefill_cost, queue, kv_cache, prefix, lora, "
        "...); least_busy's `weighted` preset: queue 2, kv_cache 2, prefix 3"),
-    _f("filters", "strings", None, PICKING, "replaces the preset's filters: names of the "
+    _f("filters", "strings", None, PIPELINE, "replaces the preset's filters: names of the "
        "registered filters, applied in order (under_limit, recent_share, "
        "gie_tree, lowest_metric, highest_metric, ...)"),
-    _f("picker", "string", "", PICKING, "replaces the preset's picker: max_score, random, "
+    _f("picker", "string", "", PIPELINE, "replaces the preset's picker: max_score, random, "
        "round_robin, weighted_round_robin, hash_ring"),
     _f("queueThresholdCritical", "int", 5, ("least_busy",), "queue length under which a "
        "replica counts as lightly loaded", low=0),
@@ -182,10 +183,15 @@ LB_CONFIG_FIELDS = (
        "`[{cluster: <Envoy cluster name>, weight: 1..100}]`, weights adding up to 100; a key "
        "takes slot FNV-1a(key) mod 100 of the services laid out by weight in list order; "
        "required", higress="same; the same key goes to the same service there and here"),
-    _f("hash_header", "string", "x-mse-consumer", ("cluster_hash",), "request header whose "
-       "value is the key (empty: the default)",
-       higress="same; a request without it is refused with 403 there, here it takes a random "
-       "slot (the weights still hold)"),
+    _f("hash_header", "string", "x-mse-consumer", ("cluster_hash", "endpoint_hash"),
+       "request header whose value is the key (empty: the default)",
+       higress="same. cluster_hash: a request without it is refused with 403 there, here it "
+       "takes a random slot (the weights still hold); endpoint_hash: same (the service's "
+       "load balancing)"),
+    # --- endpoint_hash ---
+    _f("stickyTimeout", "int", 60, ("endpoint_hash",), "a session's binding to its replica "
+       "ends this long after the session's last request", low=1, unit="min",
+       higress="same (PR #3967)"),
 )
 
 HEALTH_FIELDS = (
@@ -281,3 +287,16 @@ def read(path, field, value):
             raise ConfigError(f"{path}: must be a string, not {shown}")
         return check_range(path, field, value)
     return value  # structured kinds: config.py checks their shape
+
+
+_TCHAR = frozenset("abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~")
+
+
+def header_name(lb, field):
+    """A request-header-name field of lb_config (empty: its default), lower-case.
+    `lb` is config._Fields."""
+    header = (lb.get(field) or BY_NAME[field].default).lower()
+    if not set(header) <= _TCHAR:
+        raise ConfigError(f"{lb.path}.{field}: {header!r} is not a request header "
+                          f"name (letters, digits and -_. only; no pseudo-headers)")
+    return header

@@ -18,10 +18,12 @@ from dataclasses import replace
 
 from proxywasm import CONTINUE, PAUSE, HttpContext, hostcalls, resp
 
-from . import endpoint_override, endpoints, llm_request, prefix_hash, redis_state, stats
+from . import (endpoint_override, endpoints, llm_request, prefix_hash, redis_state,
+               session_table, stats)
 from .health import DEGRADED
 from .picking import LimitReached
 from .pipeline import Inputs, NoCandidate
+from .policies.endpoint_hash import NewSession
 from .policies.least_busy import NoMetrics
 from .policies.prefix_cache import min_match_blocks
 from .scheduling import Shed
@@ -51,6 +53,7 @@ class LoadBalancerStream(HttpContext):
         self.awaiting_body = False    # paused until the whole body is here
         self.awaiting_redis = False   # paused until Redis answers (or times out)
         self.request_id = None        # this request's id in Redis, once asked
+        self.session = None           # endpoint_hash: the session, once keyed
         self.started_ns = 0
         self.pick = None
         self.pinned = ()              # the addresses pinned, in the order Envoy tries them
@@ -157,10 +160,12 @@ class LoadBalancerStream(HttpContext):
         if self.service is not None:
             self.status = hostcalls.get_header(hostcalls.RESPONSE_HEADERS, ":status")
             return CONTINUE
-        if self.pick is None:
-            return CONTINUE
         status = hostcalls.get_header(hostcalls.RESPONSE_HEADERS, ":status") or ""
         served = hostcalls.get_property(["upstream", "address"])  # after retries: who answered
+        if self.session is not None and served and not status.startswith("5"):
+            self._bind_session(served.decode())
+        if self.pick is None:
+            return CONTINUE
         address = served.decode() if served else self.pick.address
         now_ms = hostcalls.now_ns() // 1_000_000
         if address != self.pick.address:
@@ -215,6 +220,8 @@ class LoadBalancerStream(HttpContext):
                                   "degraded ones")
         self.inputs = self._gather(candidates, hosts, now_ns)
         policy = self.policy
+        if policy.sticky:
+            return self._find_session()
         if not policy.counts:
             self.state = "local"
             try:
@@ -294,6 +301,72 @@ class LoadBalancerStream(HttpContext):
         self._record_prefix(pick.address, now_ms // 1000)
         return self._apply(pick)
 
+    # --- endpoint_hash: sessions bound to a replica ------------------------------------
+
+    def _find_session(self):
+        """Looks up the replica the request's session is bound to (in Redis, the
+        request paused, else embedded) and sticks to it."""
+        if not self.inputs.key:
+            stats.count(f"ailb.decisions.{self.cfg.policy}.no_key")
+            return CONTINUE  # no session: the service's load balancing decides
+        self.session = session_table.session_id(self.cluster, self.inputs.key)
+        self.lb.connect_redis()
+        if not self.lb.redis:
+            return self._stick(self._embedded_binding())
+        try:
+            self.root.redis_call(self.lb.redis, session_table.lookup_command(
+                self.cluster, self.session, self.cfg.sticky_ttl_s), self._on_redis_session,
+                for_stream=self, timeout_ms=self.cfg.redis.timeout_ms,
+                on_timeout=self._redis_timed_out)
+        except Exception as exc:  # the host refused the call: Redis is not usable now
+            self._redis_failed(f"redis call failed: {exc}")
+            return self._stick(self._embedded_binding())
+        self.awaiting_redis = True
+        return PAUSE
+
+    def _embedded_binding(self):
+        self.state = "embedded"
+        return self.lb.sessions.lookup(self.session, hostcalls.now_ns() // 1_000_000_000)
+
+    def _on_redis_session(self, status, reply):
+        if not self.awaiting_redis:
+            return  # the stream ended or went on after a timeout
+        self.awaiting_redis = False
+        hostcalls.set_effective_context(self.context_id)
+        bound, failure = None, None if status == 0 else f"redis call status {status}"
+        try:
+            if status == 0:
+                bound, self.state = session_table.parse_lookup(reply), "redis"
+        except (ValueError, resp.RedisError) as exc:
+            self._check_login(exc)
+            failure = f"unexpected reply: {exc}"
+        if failure:
+            self._redis_failed(failure)
+            bound = self._embedded_binding()
+        if self._stick(bound) == CONTINUE:
+            self.resume_request()
+
+    def _stick(self, bound):
+        """To the bound replica if it is usable; else the service's load
+        balancing places the request and the replica that answers is bound."""
+        self.inputs = replace(self.inputs, bound=bound or "")
+        try:
+            return self._apply(self.policy.choose(self.inputs))
+        except NewSession as exc:
+            stats.count(f"ailb.decisions.{self.cfg.policy}.{exc}")
+            return CONTINUE
+
+    def _bind_session(self, address):
+        """Response headers of a keyed request: the replica that answered is
+        the session's (written only when it changed)."""
+        if self.pick is not None and self.pick.address == address:
+            return  # stayed on its bound replica (renewed when looked up)
+        self.lb.sessions.bind(self.session, address, hostcalls.now_ns() // 1_000_000_000)
+        if self.lb.redis:
+            self.lb.bind_in_redis(self.cluster, self.session, address)
+
+    # --- keys ---------------------------------------------------------------------------
+
     def _hash_key(self):
         kind, name = self.cfg.hash_key
         if kind == "header":
@@ -355,10 +428,7 @@ class LoadBalancerStream(HttpContext):
             return
         except (ValueError, resp.RedisError) as exc:
             pick, failure = None, f"unexpected reply: {exc}"
-            # A connection Higress opened without our login: NOAUTH, or Redis 6+'s
-            # "Protocol error: unauthenticated multibulk length" for a long command.
-            if str(exc).startswith("NOAUTH") or "unauthenticated" in str(exc):
-                self.lb.redis_unauthenticated()
+            self._check_login(exc)
         if pick is not None:
             self.lb.pick_script_cached = True
         if not self.awaiting_redis:
@@ -384,14 +454,24 @@ class LoadBalancerStream(HttpContext):
             self.resume_request()
 
     def _redis_timed_out(self):
-        """From a tick: Redis did not answer within `timeout`. The pick is
-        released now, in case Redis still runs it."""
+        """From a tick: Redis did not answer within `timeout`. A pick is
+        released now, in case Redis still runs it; the decision is made on the
+        gateway's own state."""
         if not self.awaiting_redis:
             return
         self._stop_waiting_on_redis()
         self._redis_failed(f"no reply within {self.cfg.redis.timeout_ms} ms")
-        if self._choose_embedded() == CONTINUE:
+        action = self._stick(self._embedded_binding()) if self.policy.sticky \
+            else self._choose_embedded()
+        if action == CONTINUE:
             self.resume_request()
+
+    def _check_login(self, exc):
+        """A connection Higress opened without our login answers NOAUTH, or Redis
+        6+'s "Protocol error: unauthenticated multibulk length" for a long
+        command: init the client again."""
+        if str(exc).startswith("NOAUTH") or "unauthenticated" in str(exc):
+            self.lb.redis_unauthenticated()
 
     def _redis_failed(self, why):
         stats.count("ailb.redis.errors")
@@ -403,7 +483,8 @@ class LoadBalancerStream(HttpContext):
         it, so it is released now (a pick that runs after its release counts
         nothing)."""
         self.awaiting_redis = False
-        self.lb.release_in_redis(self.cluster, self.request_id)
+        if self.request_id is not None:  # a pick was asked for (not a session lookup)
+            self.lb.release_in_redis(self.cluster, self.request_id)
 
     # --- applying -----------------------------------------------------------------
 

@@ -32,7 +32,8 @@ class Inputs:
     inflight: dict = field(default_factory=dict)
     work: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
-    key: str = ""                # a session key (consistent_hash)
+    key: str = ""                # a session key (consistent_hash, endpoint_hash)
+    bound: str = ""              # the replica the key is bound to (endpoint_hash)
 
 
 @dataclass(frozen=True, slots=True)

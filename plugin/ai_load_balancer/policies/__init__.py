@@ -2,7 +2,8 @@
 here. A policy is a preset profile of the scheduling pipeline (pipeline.py)
 plus the state it keeps (base.Policy says what it may declare)."""
 
-from . import least_request, prefix_cache, least_busy, classic, consistent_hash  # noqa: F401
+from . import (least_request, prefix_cache, least_busy, classic, consistent_hash,  # noqa: F401
+               endpoint_hash)
 from .base import POLICIES, Policy
 
 __all__ = ["POLICIES", "Policy"]

@@ -26,7 +26,9 @@ class Policy:
     headers_only = False     # decided from the request headers alone, outside the pipeline
     hashes_prompt = False    # gather: the prompt's prefix blocks, and which replica holds them
     scraped = False          # gather: each replica's scraped metrics (read_metrics)
-    keyed = False            # gather: the session key (consistent_hash)
+    keyed = False            # gather: the session key (consistent_hash, endpoint_hash)
+    sticky = False           # gather: the replica the session key is bound to; choose()
+                             # raises NewSession for a key without a usable one
     counts = False           # requests in flight are counted per replica until they end
     redis_rule = ""          # "lr" | "cost": Redis's pick script runs this preset atomically
 
