@@ -64,17 +64,24 @@ class SimBackend(Backend):
         self.fleet.stop()
 
 
+def vllm_start():
+    """vllm_replicas/start.py as a module (it is a script, not in a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "vllm_start", os.path.join(ROOT, "vllm_replicas", "start.py"))
+    start = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(start)
+    return start
+
+
 class VllmBackend(Backend):
     kind = "real vLLM"
 
-    def __init__(self, count=2):
-        spec = importlib.util.spec_from_file_location(
-            "vllm_start", os.path.join(ROOT, "vllm_replicas", "start.py"))
-        start = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(start)
+    def __init__(self, count=2, **options):
+        start = vllm_start()
+        self.rates = None  # bench/calibrate.py's measurements, once taken
         # vLLM serves /reset_prefix_cache only in its dev mode.
         os.environ.setdefault("VLLM_SERVER_DEV_MODE", "1")
-        self.replicas = start.VllmReplicas.start(count)
+        self.replicas = start.VllmReplicas.start(count, **options)  # e.g. num_gpu_blocks
         try:
             super().__init__(self.replicas.endpoints)
         except BaseException:

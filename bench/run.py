@@ -47,7 +47,7 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, os.path.join(ROOT, "envoy-test")]
 
 import harness  # noqa: E402
-from bench import backends, policies, report, workloads  # noqa: E402
+from bench import backends, calibrate, policies, report, workloads  # noqa: E402
 from bench.loadgen import Runner  # noqa: E402
 from bench.oracle import Ceiling, Oracle  # noqa: E402
 
@@ -201,10 +201,49 @@ def start_backend(args, workload):
     if args.endpoints:
         return backends.Backend(args.endpoints.split(","))
     if args.real_vllm:
-        return backends.VllmBackend(args.vllm_count)
+        return backends.VllmBackend(args.vllm_count, dtype=args.vllm_dtype)
     overrides = {**workload.sim, **args.sim_set}
     lora = workloads.lora_names(workload.params) if workload.needs_lora else ()
     return backends.SimBackend(args.replicas, args.profile, lora=lora, **overrides)
+
+
+def calibrated(backend, workload, args, doc):
+    """(backend, workload) sized to the replicas' measured speed (once per run:
+    the replicas are measured before the first workload)."""
+    if backend.rates is None:
+        log("calibrating: timing each replica (cold prefill, prefix hit, decode)")
+        backend.rates = rates = calibrate.measure(backend.endpoints, backend.model)
+        doc["calibration"] = {"cpu": cpu_flags(), "replicas": [
+            {"endpoint": r.endpoint, "prompt_tokens": r.prompt_tokens,
+             "cold_ttft_ms": round(r.cold_ttft_s * 1000, 1),
+             "warm_ttft_ms": round(r.warm_ttft_s * 1000, 1),
+             "prefill_tokens_per_s": round(r.prefill_tokens_per_s),
+             "decode_tokens_per_s": round(1 / r.decode_s_per_token, 1)} for r in rates],
+            "workloads": {}}
+        for r in doc["calibration"]["replicas"]:
+            log(f"  {r['endpoint']}: {r['prompt_tokens']}-token prompt cold "
+                f"{r['cold_ttft_ms']:.0f} ms ({r['prefill_tokens_per_s']:,} tokens/s), "
+                f"again {r['warm_ttft_ms']:.0f} ms; decode {r['decode_tokens_per_s']} tokens/s")
+    sizing = calibrate.size(backend.rates, workload.params, args.duration,
+                            backend.block_size, backend.num_blocks, fixed=args.params)
+    if sizing.restart:
+        log(f"restarting the replicas with {sizing.num_blocks} KV blocks each")
+        rates = backend.rates
+        backend.stop()
+        backend = backends.VllmBackend(args.vllm_count, dtype=args.vllm_dtype,
+                                       num_gpu_blocks=sizing.num_blocks)
+        backend.rates = rates
+    doc["calibration"]["workloads"][workload.name] = sizing.describe()
+    log(f"calibrated {workload.name}: {sizing.describe()}")
+    return backend, workload.with_params(**sizing.params)
+
+
+def cpu_flags():
+    """The CPU model and the flags that decide vLLM's CPU speed."""
+    from bench_overhead import cpu_model
+    flags = backends.vllm_start().cpu_flags() or set()
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    return f"{cpu_model()}; flags: {', '.join(f for f in wanted if f in flags) or 'none of note'}"
 
 
 def git_state():
@@ -276,6 +315,16 @@ def render_markdown(doc, out_dir):
         "already computed (any replica, unbounded cache): no routing can hit more.",
         "",
     ]
+    calibration = doc.get("calibration")
+    if calibration:
+        lines += ["Calibration (bench/calibrate.py, before the runs, each replica alone): "
+                  f"{calibration['cpu']}. " + "; ".join(
+                      f"{r['endpoint']}: a {r['prompt_tokens']}-token prompt cold "
+                      f"{r['cold_ttft_ms']:.0f} ms ({r['prefill_tokens_per_s']:,} tokens/s), "
+                      f"again {r['warm_ttft_ms']:.0f} ms, decode {r['decode_tokens_per_s']} "
+                      f"tokens/s" for r in calibration["replicas"]) + ". "
+                  + " ".join(f"{name}: {text}." for name, text
+                             in calibration["workloads"].items()), ""]
     if len(doc["workloads"]) > 1:
         lines += ["## Summary", "", report.summary_table(doc["workloads"]), ""]
     for wl in doc["workloads"]:
@@ -317,6 +366,13 @@ def parse_args(argv):
     parser.add_argument("--real-vllm", action="store_true",
                         help="start real vLLM CPU replicas (vllm_replicas/start.py)")
     parser.add_argument("--vllm-count", type=int, default=2)
+    parser.add_argument("--vllm-dtype", default="auto",
+                        help="real vLLM: bfloat16 | float32 | auto (by the CPU's flags)")
+    parser.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
+                        help="real vLLM: measure the replicas first and size multi-round QA "
+                             "workloads (rate, users, context) and the KV cache to them "
+                             "(bench/calibrate.py); --param values are kept. Default: on "
+                             "with --real-vllm")
     parser.add_argument("--endpoints", help="comma-separated ip:port of running replicas")
     parser.add_argument("--workloads", default="mrqa-scaled",
                         help=f"comma-separated, or 'all' ({','.join(SUITE)}); "
@@ -365,6 +421,10 @@ def parse_args(argv):
         if not args.out and not args.name:
             args.out = os.path.join(report.RESULTS, "tmp",
                                     "demo-real" if args.real_vllm else "demo")
+    if args.calibrate is None:
+        args.calibrate = args.real_vllm
+    if args.calibrate and not args.real_vllm:
+        parser.error("--calibrate sizes the workload to replicas it starts: give --real-vllm")
     args.workloads = SUITE if args.workloads == "all" else args.workloads.split(",")
     args.policies = args.policies.split(",")
     for p in args.policies:
@@ -448,6 +508,8 @@ def main(argv=None):
                     backend.stop()
                 backend = start_backend(args, workload)
                 log(f"replicas: {backend.describe()}")
+            if args.calibrate and workload.kind == "mrqa":
+                backend, workload = calibrated(backend, workload, args, doc)
             doc["backend"] = backend.describe()
             log(f"workload {workload.name}: {workload.describe()}")
             raws = {p: [] for p in args.policies}

@@ -267,8 +267,9 @@ WORKLOADS = {w.name: w for w in (
     Workload("demo-real", "mrqa",
              dict(_MRQA, num_users=20, num_rounds=6, qps=2.0, user_history_prompt=2000,
                   answer_len=32),
-             "multi-round QA for 2 real vLLM CPU replicas: 20 users at 2 QPS, more "
-             "conversations than one replica's KV cache holds"),
+             "multi-round QA for 2 real vLLM CPU replicas, more conversations than one "
+             "replica's KV cache holds (bench/run.py sizes users, rate and contexts to the "
+             "replicas' measured speed: bench/calibrate.py)"),
     Workload("demo", "mrqa",
              dict(_MRQA, num_users=24, num_rounds=6, qps=4.0, user_history_prompt=2000),
              "multi-round QA, 24 users at 4 QPS (the README demo)"),

@@ -147,22 +147,31 @@ class VllmReplica:
         self._log.close()
 
 
+def cpu_flags(flags_text=None):
+    """The CPU's flags (a set) from /proc/cpuinfo's text (read when None);
+    None when it cannot be read."""
+    if flags_text is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags_text = f.read()
+        except OSError:
+            return None
+    flags = set()
+    for line in flags_text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return flags
+
+
 def cpu_dtype(flags_text=None):
     """(dtype, why) for vLLM on this CPU: bfloat16 where it computes bfloat16
     natively (the avx512_bf16 or amx_bf16 flag), float32 otherwise, where vLLM's
     CPU backend emulates bfloat16 (one replica's cold 2k-token TTFT on a 2-core
     AMD EPYC with AVX2: 6.9 s in bfloat16, 1.7 s in float32). `flags_text`:
     /proc/cpuinfo's text (read when None)."""
-    if flags_text is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                flags_text = f.read()
-        except OSError:
-            return "float32", "no /proc/cpuinfo: CPU flags unknown"
-    flags = set()
-    for line in flags_text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
+    flags = cpu_flags(flags_text)
+    if flags is None:
+        return "float32", "no /proc/cpuinfo: CPU flags unknown"
     native = sorted(flags & {"avx512_bf16", "amx_bf16"})
     if native:
         return "bfloat16", f"the CPU computes bfloat16 natively: {', '.join(native)}"
