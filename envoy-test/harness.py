@@ -24,6 +24,7 @@ import http.client
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -422,6 +423,7 @@ class EnvoyConfig:
     concurrency: int = 1
     log_level: str = "info"
     component_log_level: str = ""  # e.g. "wasm:debug"
+    stats_tags: bool = True      # observability/envoy-stats-tags.yaml: labelled metric families
 
     @classmethod
     def simple(cls, endpoints, wasm_path=None, plugin_config=None, fail_open=True,
@@ -444,6 +446,7 @@ class EnvoyConfig:
             "admin": {"address": _socket_address(LOOPBACK, self.admin_port)},
             "static_resources": {"listeners": [l.render() for l in self.listeners],
                                  "clusters": [c.render() for c in self.clusters]},
+            **(stats_tags_fragment() if self.stats_tags else {}),
         }
 
     def write(self, directory):
@@ -453,6 +456,25 @@ class EnvoyConfig:
         with open(path, "w") as f:
             json.dump(self.render(), f, indent=1)
         return path
+
+
+def stats_tags_fragment():
+    """The bootstrap's stats_config that users copy (observability/envoy-stats-tags.yaml)."""
+    import yaml  # the test extra; only Envoy configs need it
+    with open(os.path.join(ROOT, "observability", "envoy-stats-tags.yaml")) as f:
+        return yaml.safe_load(f)
+
+
+def prometheus_samples(text):
+    """{(metric name, ((label, value), ...) sorted): value} of /stats/prometheus text."""
+    samples = {}
+    for line in text.splitlines():
+        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$', line)
+        if m:
+            labels = tuple(sorted(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"',
+                                             m.group(2) or "")))
+            samples[(m.group(1), labels)] = float(m.group(3))
+    return samples
 
 
 # --- the Envoy process ------------------------------------------------------------------

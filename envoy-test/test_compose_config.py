@@ -18,3 +18,10 @@ def test_compose_envoy_config_validates_with_the_plugin(tmp_path, production_was
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "ai-load-balancer: configured, lb_policy=prefix_cache" in result.stdout + result.stderr
+
+
+def test_compose_envoy_has_the_documented_stats_tags():
+    import yaml
+    with open(COMPOSE_ENVOY) as f:
+        compose = yaml.safe_load(f)
+    assert compose["stats_config"] == harness.stats_tags_fragment()["stats_config"]

@@ -566,24 +566,24 @@ def test_stats_show_decisions_endpoints_and_health(health_envoy, health_fleet, h
                 log.count(line(replica.address)), (replica, state, after)
     assert after[f"ailb.health.{label(victim.address)}.unhealthy"] >= 1
 
-    # /stats: wasmcustom.<name>; /stats/prometheus: the name with '_' and no prefix
+    # /stats: wasmcustom.<name>; /stats/prometheus: with the stats tags of
+    # observability/envoy-stats-tags.yaml, a few families with labels, no prefix
     _, text = health_envoy.admin("/stats?filter=wasmcustom")
     assert re.search(r"^wasmcustom\.ailb\.decisions\.round_robin\.round_robin: \d+$", text, re.M)
     assert "wasmcustom.ailb.decision_us: " in text  # histogram (filled at each stats flush)
     _, prom = health_envoy.admin("/stats/prometheus")
-    values = {}
-    for line in prom.splitlines():
-        m = re.match(r"^(ailb_[a-z0-9_]+)\{\} (\d+)$", line)
-        if m:
-            values[m.group(1)] = int(m.group(2))
-    assert "# TYPE ailb_decisions_round_robin_round_robin counter" in prom
-    assert values["ailb_decisions_round_robin_round_robin"] == \
+    values = harness.prometheus_samples(prom)
+    assert "# TYPE ailb_decisions counter" in prom
+    assert values[("ailb_decisions", (("ailb_policy", "round_robin"),
+                                      ("ailb_reason", "round_robin")))] == \
         after["ailb.decisions.round_robin.round_robin"]
     for replica in health_fleet:
-        assert values[f"ailb_endpoint_{label(replica.address)}_requests"] == \
-            after[f"ailb.endpoint.{label(replica.address)}.requests"]
-    assert values[f"ailb_health_{label(victim.address)}_unhealthy"] >= 1
-    assert values.get("ailb_fallbacks_no_usable_replica", 0) == \
+        assert values[("ailb_endpoint_requests", (("ailb_endpoint", label(replica.address)),))] \
+            == after[f"ailb.endpoint.{label(replica.address)}.requests"]
+    assert values[("ailb_health", (("ailb_endpoint", label(victim.address)),
+                                   ("ailb_state", "unhealthy")))] >= 1
+    assert values.get(("ailb_fallbacks", (("ailb_fallback", "no_usable_replica"),)), 0) == \
         after.get("ailb.fallbacks.no_usable_replica", 0)
     assert "# TYPE ailb_decision_us histogram" in prom
     assert "wasmcustom" not in prom
+    assert not [name for name, _ in values if re.search(r"\d+_\d+_\d+_\d+", name)]  # in labels
