@@ -214,7 +214,7 @@ def measure_streaming(args, wasm, workdir, log):
             envoy = make_envoy(name, fleet.addresses, wasm, args.concurrency,
                                os.path.join(workdir, "stream"))
             with envoy.start(timeout=120):
-                async def one():
+                async def one(envoy=envoy):
                     return await harness.async_request(
                         envoy.port, "POST", "/v1/chat/completions",
                         {"content-type": "application/json"}, body, timeout=60)
@@ -251,7 +251,8 @@ def measure_scraping(args, wasm, workdir, log):
                     time.sleep(args.scrape_seconds)
                     cpu = envoy.cpu_seconds() - cpu0
                 out[f"{count}:{name}"] = cpu / args.scrape_seconds
-                log(f"scraping, {count} replicas, {name}: {cpu / args.scrape_seconds:.1%} of a core")
+                log(f"scraping, {count} replicas, {name}: "
+                    f"{cpu / args.scrape_seconds:.1%} of a core")
     return out
 
 
@@ -293,13 +294,14 @@ def measure_edge(args, wasm, workdir, log):
                     assert len(body) == size
                     for chunked in (False, True):
                         status = _raw_post(envoy.port, body, chunked)
-                        key = f"{label} ({len(body)} B), {'chunked' if chunked else 'content-length'}"
+                        key = (f"{label} ({len(body)} B), "
+                               f"{'chunked' if chunked else 'content-length'}")
                         out.setdefault(key, {})[name] = status
                 log(f"edge, {name}: done")
     return out
 
 
-# --- report -----------------------------------------------------------------------------------------
+# --- report ---------------------------------------------------------------------------------------
 
 def render(args, argv, rows, rss, problems, streaming, scraping, starts, memory, edge, wasm):
     by = {(r["size"], r["config"]): r for r in rows}
@@ -354,9 +356,9 @@ def render(args, argv, rows, rss, problems, streaming, scraping, starts, memory,
         base = streaming.get("no filter", {})
         lines += [
             "## Streamed answers", "",
-            f"{args.stream_requests} streamed chat completions of {args.stream_tokens} tokens (4 simulated "
-            "a100-7b replicas, 20 requests/s): Envoy CPU per request. Every SSE chunk of the "
-            "answer passes the wasm filter's response-body callback.", "",
+            f"{args.stream_requests} streamed chat completions of {args.stream_tokens} tokens "
+            "(4 simulated a100-7b replicas, 20 requests/s): Envoy CPU per request. "
+            "Every SSE chunk of the answer passes the wasm filter's response-body callback.", "",
             "| Envoy config | requests ok | chunks per answer | Envoy CPU µs/request | added |",
             "|---|---:|---:|---:|---:|"]
         for name, v in streaming.items():

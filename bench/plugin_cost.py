@@ -70,14 +70,15 @@ def measure(mode, policy, body, requests, wasm=WASM):
     if policy.startswith("least_busy"):
         config, endpoints = least_busy_config(int(policy.split(":")[1]))
         config_id = hashlib.blake2b(config, digest_size=6).hexdigest()
-        host.shared.set("", f"ailb:metrics:{config_id}".encode(), scraped_table(endpoints).encode(), 0)
+        host.shared.set("", f"ailb:metrics:{config_id}".encode(),
+                        scraped_table(endpoints).encode(), 0)
     else:
         config = plugin_config(policy, debugHeader=False)
     assert host.start_plugin(config), host.logs_text()
     for _ in range(20):  # warm up
         finish(host, send(host, body)[0])
     started = time.perf_counter()
-    for i in range(requests):
+    for _ in range(requests):
         finish(host, send(host, body)[0])
     per_request = (time.perf_counter() - started) / requests
     host.close()

@@ -63,7 +63,8 @@ def main():
     server = RedisServer(shutil.which("redis-server"), directory)
     try:
         hashes = [f"{i:016x}" for i in range(256)]
-        print("| pick | sent as | bytes per pick | Redis µs (pick + release) | round trip µs (pick + release) |")
+        print("| pick | sent as | bytes per pick | Redis µs (pick + release) "
+              "| round trip µs (pick + release) |")
         print("|---|---|---:|---:|---:|")
         for label, blocks in (("global_least_request", []), ("prefix_cache, 256 blocks", hashes)):
             for cached in (False, True, False, True):  # interleaved

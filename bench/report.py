@@ -210,7 +210,7 @@ def detail_table(rows):
     return "\n".join(lines)
 
 
-# --- plots ------------------------------------------------------------------------------------------
+# --- plots ----------------------------------------------------------------------------------------
 
 def _pyplot():
     try:
@@ -329,7 +329,7 @@ def write_index(results_dir=RESULTS):
         for wl in doc.get("workloads", []):
             by = {r["policy"]: r for r in wl["rows"]}
 
-            def cell(p):
+            def cell(p, by=by):
                 r = by.get(p)
                 return (f"{f3(r['ttft']['mean'])} s / {pct(r['hit_rate'])}" if r else "-")
             pc = by.get("prefix_cache")

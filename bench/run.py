@@ -1,13 +1,15 @@
 """Routing benchmark: a workload through the real Envoy 1.40 + the built plugin,
 per policy, against simulated vLLM replicas (default) or real vLLM.
 
-    .venv/bin/python bench/run.py                                  # 16 x a10-7b, mrqa-scaled, every policy (~10 min)
+    .venv/bin/python bench/run.py                                  # 16 x a10-7b, mrqa-scaled,
+                                                                   # every policy (~10 min)
     .venv/bin/python bench/run.py --workloads all --name my-run    # every workload (~45 min)
     .venv/bin/python bench/run.py --replicas 8 --profile a100-7b --workloads doc-qa,sharegpt
     .venv/bin/python bench/run.py --real-vllm --workloads mrqa-ack --param qps=1 ...
     .venv/bin/python bench/run.py --endpoints 127.0.0.1:8001,127.0.0.1:8002 ...
     .venv/bin/python bench/run.py --demo [--real-vllm]             # scripts/demo.sh: a few minutes
-    .venv/bin/python bench/run.py --rerender bench/results/NAME    # README and plots from results.json
+    .venv/bin/python bench/run.py --rerender bench/results/NAME    # README and plots from
+                                                                   # results.json
 
 For each workload and policy: a fresh Envoy (`--concurrency 2`) in front of the
 same replicas, their prefix caches reset, the workload's sessions sent
@@ -273,7 +275,8 @@ def plots_and_markdown(doc, out_dir):
     for wl in doc["workloads"]:
         rows = wl["rows"]
         backend = doc["backend"]
-        title = f"{wl['name']}: {backend.get('replicas')} x {backend.get('profile', backend['kind'])}"
+        title = (f"{wl['name']}: {backend.get('replicas')} x "
+                 f"{backend.get('profile', backend['kind'])}")
         plots = [report.plot_ttft_cdf(rows, title, os.path.join(out_dir,
                                                                 f"ttft_cdf-{wl['name']}.png")),
                  report.plot_hit_rate_vs_load(rows, title, os.path.join(
@@ -311,7 +314,8 @@ def render_markdown(doc, out_dir):
         f"(plugin `header` policy) to the replica its exact cache model says holds the longest "
         f"prefix, within {doc['oracle_gap']} in-flight requests of the least busy, a match "
         f"counting from {doc['oracle_min_match']:.0%} of the prompt (prefix_cache's rules before "
-        "its cost model, with exact knowledge; bench/oracle.py). Ceiling: the share of prompt tokens some earlier request "
+        "its cost model, with exact knowledge; bench/oracle.py). Ceiling: the share of prompt "
+        "tokens some earlier request "
         "already computed (any replica, unbounded cache): no routing can hit more.",
         "",
     ]

@@ -1,6 +1,7 @@
 """Saturation benchmark: the knee of each policy, as llm-d reports it.
 
-    .venv/bin/python bench/saturation.py                       # mrqa-scaled, envoy-rr vs prefix_cache
+    .venv/bin/python bench/saturation.py                       # mrqa-scaled,
+                                                               # envoy-rr vs prefix_cache
     .venv/bin/python bench/saturation.py --rates 4,8,16,24 --policies envoy-rr,envoy-lr,prefix_cache
 
 Raises the workload's request rate step by step and runs every policy at each

@@ -120,14 +120,17 @@ def source(host_functions, callbacks, abi_marker):
         parts.append(_wrapper(name, params))
     parts.append("static PyMethodDef shim_methods[] = {")
     for name, _ in host_functions:
-        parts.append(f'    {{"{name}", (PyCFunction)(void (*)(void))w_{name}, METH_FASTCALL, NULL}},')
+        parts.append(f'    {{"{name}", (PyCFunction)(void (*)(void))w_{name}, '
+                     'METH_FASTCALL, NULL},')
     parts.append('    {"enable_callback", shim_enable_callback, METH_O, NULL},')
-    parts.append('    {"enable_callback_once", (PyCFunction)(void (*)(void))shim_enable_callback_once, '
+    parts.append('    {"enable_callback_once", '
+                 '(PyCFunction)(void (*)(void))shim_enable_callback_once, '
                  'METH_FASTCALL, NULL},')
     parts += ["    {NULL, NULL, 0, NULL},", "};",
               "static struct PyModuleDef shim_module = {PyModuleDef_HEAD_INIT, "
               '"_proxywasm_host", "Raw proxy-wasm host functions.", -1, shim_methods};',
-              "PyMODINIT_FUNC PyInit__proxywasm_host(void) { return PyModule_Create(&shim_module); }",
+              "PyMODINIT_FUNC PyInit__proxywasm_host(void) "
+              "{ return PyModule_Create(&shim_module); }",
               ""]
     parts.append("const char *const shim_callback_names[SHIM_NUM_CALLBACKS] = {")
     parts += [f'    "{name}",' for name, _, _ in callbacks]

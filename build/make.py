@@ -72,7 +72,7 @@ def link(cc_cmd):
     if result.returncode != 0:
         sys.stderr.write(result.stdout + result.stderr)
         raise SystemExit("build: link failed")
-    line = next(l for l in result.stderr.splitlines() if l.startswith("wasm-ld "))
+    line = next(line for line in result.stderr.splitlines() if line.startswith("wasm-ld "))
     args = [a for a in shlex.split(line)[1:] if a != "--export-dynamic"]
     run([sys.executable, "-m", "ziglang", "wasm-ld", *args])
 

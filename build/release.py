@@ -1,7 +1,8 @@
 """Builds a release folder: everything a user deploys, for the version in
 pyproject.toml (the one place it lives).
 
-    .venv/bin/python build/release.py --registry ghcr.io/acme      # -> release/ai-load-balancer-<version>/
+    .venv/bin/python build/release.py --registry ghcr.io/acme
+    # -> release/ai-load-balancer-<version>/
 
 The folder holds:
 
@@ -10,7 +11,8 @@ The folder holds:
     SHA256SUMS                      both modules' SHA-256 (`sha256sum -c SHA256SUMS`)
     oci/                            the Higress image as an OCI layout, tag <version>-higress
                                     (push: skopeo copy oci:oci:<tag> docker://<registry>/ai-load-balancer:<tag>)
-    manifests/                      the WasmPlugin and McpBridge manifests, their url the pushed image
+    manifests/                      the WasmPlugin and McpBridge manifests, their url the
+                                    pushed image
     check-config.pyz                the config checker (python3 check-config.pyz MANIFEST | CONFIG)
     RESULTS.md                      the benchmark results index
     CHANGELOG.md, LICENSE, README.md

@@ -1,6 +1,7 @@
 """Gateway overhead of the plugin: one run, one machine, the same upstreams.
 
-    python envoy-test/bench_overhead.py --rate 200 --duration 10 --out envoy-test/results/overhead.md
+    python envoy-test/bench_overhead.py --rate 200 --duration 10 \
+        --out envoy-test/results/overhead.md
 
 Compares, at a fixed request rate (open loop: request i is due at t0 + i/rate
 whatever happened to the earlier ones, sent on the first free connection of a
@@ -342,7 +343,7 @@ def render(args, rows, starts, rss_loaded, wasm, wasm_size, memory):
         f"Pinned requests answered by another replica than the one named: {pin['misrouted']} "
         f"of {pin['requests']}. Achieved rates: "
         + ", ".join(f"{r['name']} {r['achieved_rps']:.0f}/s" for r in rows) + ". "
-        f"Client send lateness p50/p99 (due -> write): "
+        "Client send lateness p50/p99 (due -> write): "
         + ", ".join(f"{r['name']} {fmt(r['late_p50'])}/{fmt(r['late_p99'])} ms"
                    for r in rows) + ".",
         "",

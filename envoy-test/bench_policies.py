@@ -363,6 +363,8 @@ def render(args, argv, cost_rows, cost_problems, hit_rows, wasm):
         pc = {r["kind"]: r["cpu_us_per_req"] - base[(r["kind"], "header")]
               for r in cost_rows if r["policy"] == "prefix_cache"}
         glr = base[("GET, no body", "global_least_request")] - base[("GET, no body", "header")]
+        pc_over_glr = {kind: base[(kind, "prefix_cache")] - base[(kind, "global_least_request")]
+                       for kind in ("POST 1 KB chat", "POST 30 KB chat")}
         lines += [
             "",
             "Decision work alone (policy minus plugin \"header\", same requests): "
@@ -372,8 +374,8 @@ def render(args, argv, cost_rows, cost_problems, hit_rows, wasm):
             "parsing, block hashing, index look-ups and records, the shared count). "
             "prefix_cache over global_least_request with the same body (what reading the "
             "prompt adds to a least-request pick): "
-            + ", ".join(f"{kind[5:]} {base[(kind, 'prefix_cache')] - base[(kind, 'global_least_request')]:+.0f} µs"
-                        for kind in ("POST 1 KB chat", "POST 30 KB chat")) + ".",
+            + ", ".join(f"{kind[5:]} {delta:+.0f} µs" for kind, delta in pc_over_glr.items())
+            + ".",
             "",
         ]
         if cost_problems:

@@ -444,7 +444,7 @@ class EnvoyConfig:
     def render(self):
         return {
             "admin": {"address": _socket_address(LOOPBACK, self.admin_port)},
-            "static_resources": {"listeners": [l.render() for l in self.listeners],
+            "static_resources": {"listeners": [listener.render() for listener in self.listeners],
                                  "clusters": [c.render() for c in self.clusters]},
             **(stats_tags_fragment() if self.stats_tags else {}),
         }

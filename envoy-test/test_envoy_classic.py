@@ -314,7 +314,8 @@ def health_reset(health_envoy, health_fleet):
         switch(replica)
     for replica in health_fleet:
         # healthy when no line, or the last state line says healthy
-        assert wait_until(lambda: log_count(health_envoy, unhealthy_line(replica.address))
+        assert wait_until(lambda replica=replica:
+                          log_count(health_envoy, unhealthy_line(replica.address))
                           == log_count(health_envoy, healthy_line(replica.address)), 5)
 
 
@@ -351,7 +352,7 @@ def test_active_health_takes_a_killed_replica_out_and_back(health_envoy, health_
     assert health_fleet.counts()[victim.name] >= 15, health_fleet.counts()
 
     # one line per state change, never one per request or probe
-    lines = [l for l in health_envoy.wasm_log_lines() if victim.address in l]
+    lines = [line for line in health_envoy.wasm_log_lines() if victim.address in line]
     assert len(lines) == 2, lines
     after = custom_stats(health_envoy)
     for state in ("unhealthy", "healthy"):
@@ -513,7 +514,7 @@ def test_failover_retries_the_next_address_of_the_override_list(failover_envoy,
         "cluster.backend.upstream_rq_retry", 0)
     responses = send(failover_envoy, 30, connections=2, path="/failover")
     primaries = collections.Counter()
-    for i, response in enumerate(responses):
+    for _i, response in enumerate(responses):
         assert response.status == 200, (response.status, response.body)
         assert response.replica == good.name
         primaries[decision(response)["address"]] += 1

@@ -152,7 +152,8 @@ def faulty_envoy(module_envoys, replicas, faulty_wasm):
     listeners = []
     for case in ["none", "on_configure", *FAULTS]:
         wasm = harness.WasmFilter(faulty_wasm,
-                                  {"raise_in": "" if case == "none" else case, "cluster": "backend"},
+                                  {"raise_in": "" if case == "none" else case,
+                                   "cluster": "backend"},
                                   fail_open=False, name=f"faulty-{case}", vm_id="faulty")
         listeners.append(harness.Listener(case, 0, "backend", wasm))
     config = harness.EnvoyConfig(listeners, [harness.Cluster(replicas.endpoints)], concurrency=1)

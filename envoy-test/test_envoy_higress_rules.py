@@ -98,7 +98,7 @@ def test_cluster_hash_keeps_a_consumer_on_one_service(start_envoy, production_wa
         envoy = two_services_envoy(start_envoy, production_wasm, services, names, document)
         served = {}
         with harness.Client(envoy.port) as client:
-            for turn in range(3):
+            for _turn in range(3):
                 for user in range(12):
                     answer = client.post("/v1/chat/completions", chat(["hi"]),
                                          {**JSON, "x-mse-consumer": f"user-{user}",

@@ -26,8 +26,9 @@ from sim import client  # noqa: E402
 from vllm_replicas import start as vllm_start  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
-    not os.path.exists(os.path.join(vllm_start.DEFAULT_VENV, "bin", "python")),
-    reason="real vLLM not installed: run vllm_replicas/setup.sh (scripts/test.sh does)")
+    not os.path.exists(os.path.join(vllm_start.DEFAULT_VENV, ".ready")),
+    reason="real vLLM not installed (vllm_replicas/setup.sh did not finish: scripts/test.sh "
+           "runs it and says why when it cannot)")
 
 MODEL = "tiny"
 HITS = "vllm:prefix_cache_hits_total"
@@ -83,7 +84,7 @@ def test_prefix_cache_keeps_each_conversation_on_its_kv_cache(vllm, module_envoy
                          {"role": "user", "content": client.words(60, seed=f"{u}-{turn}")}]
     seen = {u: [(d["address"], d["reason"], d["matched_blocks"]) for d in decisions]
             for u, decisions in routes.items()}
-    for u, decisions in routes.items():
+    for _u, decisions in routes.items():
         assert all(d["address"] in vllm.endpoints for d in decisions), seen
         assert {d["address"] for d in decisions} == {decisions[0]["address"]}, seen
         assert [d["reason"] for d in decisions[1:]] == ["prefix_match", "prefix_match"], seen

@@ -36,7 +36,8 @@ DESCRIPTION = {
              "cache affinity, global least request over Redis, replica metrics (queue, "
              "KV cache, LoRA), classic policies, health checks and failover.",
     "zh-CN": "面向大模型推理服务（vLLM、SGLang 等）的负载均衡：前缀缓存亲和、基于 Redis 的"
-             "全局最小请求数、按节点指标（队列、KV 缓存、LoRA）选择、经典策略、健康检查与故障转移。",
+             "全局最小请求数、按节点指标（队列、KV 缓存、LoRA）选择、经典策略、健康检查"
+             "与故障转移。",
 }
 CONTACT = {"name": "ai-load-balancer"}
 

@@ -99,8 +99,8 @@ def metrics(endpoint):
 
 def metric_value(samples, name, **labels):
     """Sum of the samples of `name` whose labels include `labels`."""
-    return sum(v for n, l, v in samples
-               if n == name and all(l.get(k) == str(x) for k, x in labels.items()))
+    return sum(v for n, sample_labels, v in samples
+               if n == name and all(sample_labels.get(k) == str(x) for k, x in labels.items()))
 
 
 def chat_stream(endpoint, model, messages, max_tokens=8, timeout=300, extra=None,

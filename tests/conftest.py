@@ -212,7 +212,8 @@ class HttpServer:
     """A threaded HTTP/1.1 server on loopback that records requests.
 
     GET/POST any path: 200 with a JSON echo {"method", "path", "headers", "body",
-    "server"} unless a route was set with `route(path, ...)`. `requests` holds (method, path, headers dict, body) in order."""
+    "server"} unless a route was set with `route(path, ...)`. `requests` holds (method, path,
+    headers dict, body) in order."""
 
     def __init__(self, name="http"):
         self.name = name

@@ -26,7 +26,7 @@ def test_shipped_manifests_pass_and_show_their_policy(tmp_path, name, policy):
     with open(os.path.join(ROOT, "higress", f"wasmplugin-{name}.yaml"), encoding="utf-8") as f:
         code, out = run(tmp_path, f.read())
     assert code == 0, out
-    assert f"_rules_[0] (" in out and f"lb_policy={policy}" in out
+    assert "_rules_[0] (" in out and f"lb_policy={policy}" in out
     assert "requests no rule matches: untouched" in out
 
 

@@ -21,9 +21,9 @@ def examples():
         with open(path, encoding="utf-8") as f:
             text = f.read()
         for n, block in enumerate(re.findall(r"```yaml\n(.*?)```", text, re.S)):
-            doc = yaml.safe_load(block)
-            if isinstance(doc, dict) and "lb_policy" in doc:
-                yield pytest.param(doc, id=f"{os.path.basename(path)}#{n}")
+            for doc in yaml.safe_load_all(block):  # Kubernetes examples hold several
+                if isinstance(doc, dict) and "lb_policy" in doc:
+                    yield pytest.param(doc, id=f"{os.path.basename(path)}#{n}")
 
 
 @pytest.mark.parametrize("doc", list(examples()))

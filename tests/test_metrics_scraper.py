@@ -320,7 +320,7 @@ def test_only_the_lease_holder_scrapes_and_another_takes_over(make_host, make_ht
     clock = Clock()
     first = start(make_host, endpoints, clock=clock, shared=shared_store)
     second = start(make_host, endpoints, clock=clock, shared=shared_store)
-    for round_ in range(3):
+    for _round in range(3):
         first.tick()
         second.tick()
         assert (len(first.pending), len(second.pending)) == (2, 0)

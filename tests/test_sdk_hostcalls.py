@@ -3,8 +3,6 @@ driven by tests/plugins/probe_plugin.py."""
 
 import json
 
-import pytest
-
 from proxywasm import CONTINUE, PAUSE
 from tests.host import resp
 

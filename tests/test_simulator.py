@@ -58,8 +58,8 @@ def scrape(address):
 
 
 def value(parsed, name, **labels):
-    return sum(v for l, v in parsed.get(name, [])
-               if all(l.get(k) == str(x) for k, x in labels.items()))
+    return sum(v for sample_labels, v in parsed.get(name, [])
+               if all(sample_labels.get(k) == str(x) for k, x in labels.items()))
 
 
 @pytest.fixture(scope="module")
@@ -156,8 +156,8 @@ def test_metrics_have_vllm_names_and_label_sets(fleet):
     assert config["block_size"] == "128" and config["num_gpu_blocks"] == "256"
     lora = parsed["vllm:lora_requests_info"]
     assert set(lora[0][0]) == {"running_lora_adapters", "waiting_lora_adapters", "max_lora"}
-    assert any(l["running_lora_adapters"] == "adapterA" and l["max_lora"] == "1"
-               for l, _ in lora)
+    assert any(info["running_lora_adapters"] == "adapterA" and info["max_lora"] == "1"
+               for info, _ in lora)
     assert all(v > 1e9 for _, v in lora)  # a wall-clock timestamp, as vLLM sets it
     assert value(parsed, "vllm:time_to_first_token_seconds_count") >= 1
 
@@ -169,7 +169,7 @@ def test_metrics_have_vllm_names_and_label_sets(fleet):
         real = parse(f.read())
     for name, samples in parsed.items():
         assert name in real, name
-        real_label_sets = {frozenset(l) for l, _ in real[name]}
+        real_label_sets = {frozenset(sample_labels) for sample_labels, _ in real[name]}
         for labels, _ in samples:
             assert frozenset(labels) in real_label_sets, (name, labels)
 

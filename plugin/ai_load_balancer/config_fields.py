@@ -97,7 +97,8 @@ LB_CONFIG_FIELDS = (
     _f("kvCacheTokens", "int", 0, ("prefix_cache",), "each replica's KV cache size in tokens: "
        "the prefix index forgets, per replica, the prompt blocks sent there longest ago "
        "once twice that has been computed there since (the replica must have evicted them; "
-       "a token is taken as 4 bytes of prompt). 0: each replica's own, from its `vllm:cache_config_info` (num_gpu_blocks x "
+       "a token is taken as 4 bytes of prompt). 0: each replica's own, from its "
+       "`vllm:cache_config_info` (num_gpu_blocks x "
        "block_size), scraped once a minute from `metricsPath` (Higress: from the metrics it "
        "hands over); -1: unbounded (entries end with redisKeyTTL only)", low=-1,
        unit="tokens"),

@@ -76,7 +76,8 @@ def _chat_prompt(messages, tools):
         if not isinstance(message, dict):
             continue
         role = message.get("role")
-        parts.append(f"<|{role if isinstance(role, str) else ''}|>{_content(message.get('content'))}")
+        parts.append(f"<|{role if isinstance(role, str) else ''}|>"
+                     f"{_content(message.get('content'))}")
     return "\n".join(parts)
 
 

@@ -1,6 +1,7 @@
 """The plugin's own metrics, in Envoy's stats (`/stats` shows them as
-`wasmcustom.ailb...`, `/stats/prometheus` as `ailb_...`). Defined lazily by name, once per VM; names carry
-their labels as dotted parts, e.g. ailb.decisions.prefix_cache.prefix_match.
+`wasmcustom.ailb...`, `/stats/prometheus` as `ailb_...`). Defined lazily by name, once per
+VM; names carry their labels as dotted parts, e.g.
+ailb.decisions.prefix_cache.prefix_match.
 
 Counters: ailb.decisions.<policy>.<reason>, ailb.endpoint.<address>.requests,
 ailb.fallbacks.<why> (the service's own LB decided), ailb.prefix.hits /

@@ -7,8 +7,8 @@ import json
 from hypothesis import given, strategies as st
 
 from ai_load_balancer import rules
-from ai_load_balancer.config_fields import (ALIASES, CLUSTER_POLICIES, ENDPOINT_POLICIES, HEALTH_FIELDS,
-                                            LB_CONFIG_FIELDS, ConfigError)
+from ai_load_balancer.config_fields import (ALIASES, CLUSTER_POLICIES, ENDPOINT_POLICIES,
+                                            HEALTH_FIELDS, LB_CONFIG_FIELDS, ConfigError)
 from tests.fuzz.common import JSON, SCALARS, fuzz, nested
 
 POLICIES = list(ENDPOINT_POLICIES) + list(ALIASES) + list(CLUSTER_POLICIES)

@@ -324,7 +324,8 @@ class HostEmulator(HostFunctions, Callouts):
     def _body_so_far(self, stream, buffer_type):
         if self.body_buffering == "all":
             return bytes(stream.bodies[buffer_type])
-        pending = b"" if stream.body_actions[buffer_type] == CONTINUE else stream.bodies[buffer_type]
+        pending = (b"" if stream.body_actions[buffer_type] == CONTINUE
+                   else stream.bodies[buffer_type])
         return bytes(stream.sent_bodies[buffer_type] + pending)
 
     def get_request_header(self, context_id, name):

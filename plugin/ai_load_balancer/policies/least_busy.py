@@ -119,7 +119,9 @@ class LeastBusy(Policy):
         reader = None
         if cfg.json_field:  # queue_depth: a JSON status endpoint
             field = cfg.json_field
-            reader = lambda body, now_ms: replica_metrics.from_status_json(body, now_ms, field)
+
+            def reader(body, now_ms):
+                return replica_metrics.from_status_json(body, now_ms, field)
         self.scraper = MetricsScraper(f"ailb:metrics:{balancer.state_id}", balancer.vm_id,
                                       cfg.cluster, cfg.path, cfg.interval_ms, cfg.timeout_ms,
                                       cfg.staleness_ms, extra, reader)
