@@ -31,3 +31,21 @@ def test_a_python_that_is_not_311_is_passed_over(tmp_path):
 def test_the_python_it_is_given_wins_when_it_is_311(tmp_path):
     result = find_python(tmp_path, sys.executable)
     assert (result.returncode, result.stdout.strip()) == (0, sys.executable)
+
+
+def test_without_a_local_torch_wheel_vllm_setup_turns_to_pytorchs_cpu_index(tmp_path):
+    """pip without this machine's configuration (no local wheel folder): PyPI has
+    no torch +cpu build, so setup.sh asks PyTorch's CPU index (here a closed
+    port, to fail at once), fails, and leaves no .ready stamp: the real-vLLM
+    tests are then skipped."""
+    venv = tmp_path / "venv"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PIP_CONFIG_FILE": os.devnull,
+           "PYTHON": sys.executable, "VLLM_VENV": str(venv),
+           "VLLM_MODEL_DIR": str(tmp_path / "model"),
+           "TORCH_CPU_INDEX": "http://127.0.0.1:9/simple"}
+    result = subprocess.run(["bash", os.path.join(ROOT, "vllm_replicas", "setup.sh")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode != 0
+    assert ("torch 2.13.0+cpu is not on pip's configured indexes; trying "
+            "http://127.0.0.1:9/simple") in result.stderr, result.stderr[-2000:]
+    assert not (venv / ".ready").exists()
