@@ -41,11 +41,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path[:0] = [ROOT, os.path.join(ROOT, "envoy-test")]
+sys.path.insert(0, ROOT)
 
-import harness  # noqa: E402
+import envoy_harness as harness  # noqa: E402
 from bench import chaos_envoy, chaos_redis  # noqa: E402
-from bench_overhead import cpu_model, envoy_version  # noqa: E402
+from bench.overhead import cpu_model, envoy_version  # noqa: E402
 
 POLICIES = ("prefix_cache", "global_least_request")
 OUT_DIR = os.path.join(HERE, "results", "chaos")

@@ -27,9 +27,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path[:0] = [ROOT, os.path.join(ROOT, "envoy-test")]
+sys.path.insert(0, ROOT)
 
-import harness  # noqa: E402
+import envoy_harness as harness  # noqa: E402
 from bench import policies  # noqa: E402
 
 LOOPBACK = harness.LOOPBACK

@@ -16,9 +16,9 @@ One Envoy per configuration, all started together:
   global_least_request, prefix_cache, least_busy (default), least_busy
   (weighted), round_robin             the plugin deciding (lb_config: endpoints;
                                       least_busy: metricsCluster; defaults otherwise)
-Load: open loop at `--rate` requests/s (envoy-test/bench_overhead.py's client:
+Load: open loop at `--rate` requests/s (bench/overhead.py's client:
 request i due at t0 + i/rate, keep-alive connections), POST chat bodies of 1 KB,
-32 KB and 256 KB (envoy-test/bench_policies.py's: the first half shared by every
+32 KB and 256 KB (bench/routing_quality.py's: the first half shared by every
 request, the second half unique), in interleaved rounds. Reported per
 configuration and size: service latency (request written -> last byte of the
 answer) p50 / mean / p99 and its difference to no filter; Envoy CPU per request
@@ -32,7 +32,7 @@ Then:
   scraping           Envoy CPU per second with least_busy and no traffic, for
                      4 and 16 replicas (each /metrics page parsed in the VM)
   start-up, memory   start -> ready and idle RSS with and without the plugin
-                     (bench_overhead.measure_starts / measure_memory_by_concurrency)
+                     (bench.overhead.measure_starts / measure_memory_by_concurrency)
   the 1 MiB edge     prefix_cache with bodies around maxBodyBytes (1 MiB) and
                      Envoy's buffer limit (1 MiB), with and without content-length
 Writes bench/results/<name>/README.md and results.json.
@@ -52,14 +52,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path[:0] = [ROOT, os.path.join(ROOT, "envoy-test")]
+sys.path.insert(0, ROOT)
 
-import harness  # noqa: E402
+import envoy_harness as harness  # noqa: E402
 from bench import policies, report  # noqa: E402
 from bench.compiled_reference import build as compiled_reference  # noqa: E402
-from bench_overhead import (Scenario, cpu_model, envoy_version, interleaved,  # noqa: E402
+from bench.overhead import (Scenario, cpu_model, envoy_version, interleaved,  # noqa: E402
                             measure_memory_by_concurrency, measure_starts)
-from bench_policies import chat_body  # noqa: E402
+from bench.routing_quality import chat_body  # noqa: E402
 
 SIZES = {"1 KB": 1024, "32 KB": 32 * 1024, "256 KB": 256 * 1024}
 OTHER_MODULES = {}  # label -> .wasm path, from --also-wasm

@@ -7,7 +7,7 @@ natively in CPython, through a whole request lifecycle (context create, request
 headers, body, response headers, done/log/delete) with state embedded in
 shared data; then what each response-body chunk of a streamed answer costs.
 wasmtime is not V8, so absolute numbers differ from Envoy's;
-envoy-test/bench_policies.py measures Envoy's CPU per request.
+bench/routing_quality.py measures Envoy's CPU per request.
 """
 
 import argparse

@@ -1,8 +1,10 @@
 """The plugin configuration behind a benchmark's policy names (bench/run.py,
-bench/gateway_cost.py)."""
+bench/gateway_cost.py, bench/routing_quality.py, bench/chaos_envoy.py)."""
+
+import envoy_harness as harness
 
 # Policies the client pins itself: the plugin only applies its pin (policy `header`).
-PINNED_BY_CLIENT = ("oracle", "plugin idle")
+PINNED_BY_CLIENT = ("oracle", "plugin idle", "header")
 
 
 def plugin_config(policy, endpoints, **fields):
@@ -12,13 +14,10 @@ def plugin_config(policy, endpoints, **fields):
     fields). `fields` go into lb_config last."""
     if policy in PINNED_BY_CLIENT:
         return {"lb_policy": "header"}
-    config = {"endpoints": list(endpoints)}
     policy = policy.split("@", 1)[0]
-    name = policy
+    name, preset = policy, {}
     if policy.startswith("least_busy"):
-        name = "least_busy"
-        config["metricsCluster"] = "backend"
+        name, preset = "least_busy", {"metricsCluster": "backend"}
         if policy == "least_busy-weighted":
-            config["metric_policy"] = "weighted"
-    config.update(fields)
-    return {"lb_policy": name, "lb_config": config}
+            preset["metric_policy"] = "weighted"
+    return harness.plugin_config(name, endpoints, **{**preset, **fields})

@@ -46,9 +46,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path[:0] = [ROOT, os.path.join(ROOT, "envoy-test")]
+sys.path.insert(0, ROOT)
 
-import harness  # noqa: E402
+import envoy_harness as harness  # noqa: E402
 from bench import backends, calibrate, policies, report, workloads  # noqa: E402
 from bench.loadgen import Runner  # noqa: E402
 from bench.oracle import Ceiling, Oracle  # noqa: E402
@@ -242,7 +242,7 @@ def calibrated(backend, workload, args, doc):
 
 def cpu_flags():
     """The CPU model and the flags that decide vLLM's CPU speed."""
-    from bench_overhead import cpu_model
+    from bench.overhead import cpu_model
     flags = backends.vllm_start().cpu_flags() or set()
     wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
     return f"{cpu_model()}; flags: {', '.join(f for f in wanted if f in flags) or 'none of note'}"
@@ -260,7 +260,7 @@ def git_state():
 
 
 def environment(wasm, given, note):
-    from bench_overhead import cpu_model, envoy_version
+    from bench.overhead import cpu_model, envoy_version
     with open(wasm, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()[:12]
     origin = note or (f"a prebuilt module (--wasm); working tree at {git_state()}" if given

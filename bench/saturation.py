@@ -20,9 +20,9 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(HERE), os.path.join(os.path.dirname(HERE), "envoy-test")]
+sys.path.insert(0, os.path.dirname(HERE))
 
-import harness  # noqa: E402
+import envoy_harness as harness  # noqa: E402
 from bench import report, run, workloads  # noqa: E402
 
 

@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The repository root: envoy_harness, bench and sim are packages there.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import harness  # noqa: E402
+import envoy_harness as harness  # noqa: E402
 
 _started = []  # every Envoy a fixture started, for failure reports
 

@@ -4,15 +4,11 @@ the real Envoy (embedded state); Redis killed, paused past its timeout and
 restarted with another password behind the test host (Redis state)."""
 
 import shutil
-import sys
 
 import pytest
 
-import harness
-
-sys.path.insert(0, harness.ROOT)
-
-from bench import chaos  # noqa: E402
+import envoy_harness as harness
+from bench import chaos
 
 
 @pytest.fixture(scope="module")

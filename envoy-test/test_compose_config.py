@@ -8,9 +8,9 @@ import subprocess
 
 import yaml
 
-import harness
+import envoy_harness as harness
 
-COMPOSE_ENVOY = os.path.join(harness.HERE, "compose", "envoy.yaml")
+COMPOSE_ENVOY = os.path.join(harness.ENVOY_TEST, "compose", "envoy.yaml")
 KUBERNETES = os.path.join(harness.ROOT, "deploy", "kubernetes", "envoy-ai-load-balancer.yaml")
 MODULE = "/etc/envoy/ai-load-balancer-envoy.wasm"
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-import harness
+import envoy_harness as harness
 
 PROBE_MS = 200          # healthCheck.interval of the health scenarios
 CHAT_PATH = "/v1/chat/completions"
@@ -55,8 +55,7 @@ def probes(replica):
 # --- Envoys --------------------------------------------------------------------------------
 
 def start_policy_envoy(starter, endpoints, wasm, policy, retry=None, **fields):
-    plugin_config = {"lb_policy": policy,
-                     "lb_config": {"endpoints": list(endpoints), "debugHeader": True, **fields}}
+    plugin_config = harness.plugin_config(policy, endpoints, debugHeader=True, **fields)
     config = harness.EnvoyConfig.simple(list(endpoints), wasm_path=wasm,
                                         plugin_config=plugin_config, concurrency=2,
                                         retry_policy=retry)

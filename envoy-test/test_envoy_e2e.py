@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-import harness
+import envoy_harness as harness
 
 CONFIGURED = "ai-load-balancer: configured, lb_policy=header"
 # What Envoy logs when a module does not fit its host or the VM dies.

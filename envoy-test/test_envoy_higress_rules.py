@@ -10,7 +10,7 @@ of the same listener is left to the cluster's own load balancing.
 import json
 import os
 
-import harness
+import envoy_harness as harness
 
 JSON = {"content-type": "application/json"}
 

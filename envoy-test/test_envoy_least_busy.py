@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-import harness
+import envoy_harness as harness
 
 CHAT = json.dumps({"model": "base", "messages": [{"role": "user", "content": "hi"}]}).encode()
 

@@ -12,7 +12,7 @@ import json
 import os
 import re
 
-import harness
+import envoy_harness as harness
 
 DASHBOARD = os.path.join(harness.ROOT, "observability", "grafana-dashboard.json")
 JSON = {"content-type": "application/json"}

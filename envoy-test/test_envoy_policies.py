@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-import harness
+import envoy_harness as harness
 
 REPLICAS = 4
 HOLD_HEADER = "x-hold-ms"
@@ -37,8 +37,7 @@ def replicas4():
 
 
 def policy_envoy(module_envoys, replicas, wasm, policy, **fields):
-    plugin_config = {"lb_policy": policy,
-                     "lb_config": {"endpoints": replicas.endpoints, "debugHeader": True, **fields}}
+    plugin_config = harness.plugin_config(policy, replicas.endpoints, debugHeader=True, **fields)
     config = harness.EnvoyConfig.simple(replicas.endpoints, wasm_path=wasm,
                                         plugin_config=plugin_config, concurrency=2)
     envoy = module_envoys(config)

@@ -27,7 +27,7 @@ import uuid
 
 import pytest
 
-import harness
+import envoy_harness as harness
 
 RUN = uuid.uuid4().hex
 PASSWORD = f"redis-pw-{uuid.uuid4().hex}"

@@ -10,20 +10,14 @@ tests are skipped with the command to run.
 import http.client
 import json
 import os
-import sys
 import time
 from contextlib import contextmanager
 
 import pytest
 
-import harness
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from sim import client  # noqa: E402
-from vllm_replicas import start as vllm_start  # noqa: E402
+import envoy_harness as harness
+from sim import client
+from vllm_replicas import start as vllm_start
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists(os.path.join(vllm_start.DEFAULT_VENV, ".ready")),
@@ -44,8 +38,7 @@ def vllm():
 
 
 def plugin_envoy(module_envoys, endpoints, wasm, policy, **fields):
-    plugin_config = {"lb_policy": policy,
-                     "lb_config": {"endpoints": endpoints, "debugHeader": True, **fields}}
+    plugin_config = harness.plugin_config(policy, endpoints, debugHeader=True, **fields)
     config = harness.EnvoyConfig.simple(endpoints, wasm_path=wasm,
                                         plugin_config=plugin_config, concurrency=2)
     envoy = module_envoys(config)

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-import harness
+import envoy_harness as harness
 from test_envoy_policies import (CHAT_PATH, HOLD_HEADER, JSON, REPLICAS, chat, check_routed,
                                  hold_handler, policy_envoy, post_chat)
 

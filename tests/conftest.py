@@ -11,7 +11,6 @@ Also: `redis_server` (a real redis-server on a free loopback port) and
 `http_server` / `make_http_server` (tiny threaded loopback HTTP servers).
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ for _path in (TEST_PLUGIN_DIR, PLUGIN_DIR, ROOT):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+from envoy_harness import load_make  # noqa: E402  (build/make.py, loaded once)
 from tests.host import resp  # noqa: E402
 from tests.host.emulator import HostEmulator  # noqa: E402
 from tests.host.native import NativePlugin  # noqa: E402
@@ -51,18 +51,7 @@ class WasmBuilds:
         self.out_dir = out_dir
         self.work_dir = os.path.join(out_dir, "work")
         self._built = {}
-        self._make = None
         self.seconds = {}
-
-    def _make_module(self):
-        if self._make is None:
-            spec = importlib.util.spec_from_file_location(
-                "ailb_build_make", os.path.join(ROOT, "build", "make.py"))
-            make = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(make)
-            make.freeze.check_python()
-            self._make = make
-        return self._make
 
     def get(self, entry, target):
         """The .wasm path of `entry` built for `target` (fails the test if the build does)."""
@@ -71,7 +60,7 @@ class WasmBuilds:
             name = entry.replace(".", "_")
             started = time.monotonic()
             try:
-                self._built[key] = self._make_module().build(
+                self._built[key] = load_make().build(
                     target, entry, name, self.out_dir, self.work_dir, "-O2", [TEST_PLUGIN_DIR])
             except SystemExit as exc:  # build/make.py reports failures this way
                 self._built[key] = BuildFailed(f"building {entry} for {target} failed: {exc}")

@@ -3,6 +3,7 @@
 import json
 from types import SimpleNamespace
 
+import envoy_harness as harness
 from ai_load_balancer import config
 from ai_load_balancer.policies import POLICIES
 from proxywasm import resp
@@ -21,13 +22,14 @@ def policy_for(name, **lb_config):
 
 
 def plugin_config(policy, target="envoy", redis=None, **fields):
-    """JSON configuration; replicas in lb_config.endpoints for stock Envoy."""
-    lb_config = {"debugHeader": True, **fields}
-    if target == "envoy":
-        lb_config.setdefault("endpoints", REPLICAS)
+    """JSON configuration (envoy_harness.plugin_config's): the replicas in
+    lb_config.endpoints for stock Envoy (Higress lists its own), Redis for
+    Higress with `redis` (the call timeout, ms)."""
     if redis is not None:
-        lb_config.update(serviceFQDN="redis.static", servicePort=6379, timeout=redis)
-    return json.dumps({"lb_policy": policy, "lb_config": lb_config}).encode()
+        fields.update(serviceFQDN="redis.static", servicePort=6379, timeout=redis)
+    endpoints = fields.pop("endpoints", REPLICAS if target == "envoy" else [])
+    document = harness.plugin_config(policy, endpoints, debugHeader=True, **fields)
+    return json.dumps(document).encode()
 
 
 def start(make_host, policy, target="envoy", redis_server=None, redis_address=None,

@@ -1,6 +1,6 @@
 """Gateway overhead of the plugin: one run, one machine, the same upstreams.
 
-    python envoy-test/bench_overhead.py --rate 200 --duration 10 \
+    python bench/overhead.py --rate 200 --duration 10 \
         --out envoy-test/results/overhead.md
 
 Compares, at a fixed request rate (open loop: request i is due at t0 + i/rate
@@ -33,9 +33,9 @@ import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import harness  # noqa: E402
+import envoy_harness as harness  # noqa: E402
 
 PLUGIN_CONFIG = {"lb_policy": "header"}
 
@@ -300,7 +300,7 @@ def render(args, rows, starts, rss_loaded, wasm, wasm_size, memory):
         "# Gateway overhead of the ai-load-balancer plugin in Envoy",
         "",
         f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} by "
-        f"`envoy-test/bench_overhead.py --rate {args.rate:g} --duration {args.duration:g} "
+        f"`bench/overhead.py --rate {args.rate:g} --duration {args.duration:g} "
         f"--connections {args.connections} --concurrency {args.concurrency}`.",
         "",
         f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Linux {platform.release()}; "
@@ -409,7 +409,7 @@ def main(argv=None):
     parser.add_argument("--wasm", help="a prebuilt module instead of building one")
     parser.add_argument("--keep", action="store_true",
                         help="keep the Envoy logs and configs (results/tmp/bench-<pid>)")
-    parser.add_argument("--out", default=os.path.join(harness.HERE, "results", "overhead.md"))
+    parser.add_argument("--out", default=os.path.join(harness.ENVOY_TEST, "results", "overhead.md"))
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.duration <= 0 or args.rounds < 1 or args.connections < 1:
         parser.error("rate, duration, rounds and connections must be positive")
@@ -453,7 +453,12 @@ def main(argv=None):
             if problems:
                 print("warning: the plugin logged errors:\n" + "\n".join(problems[:5]))
 
-    report = render(args, rows, starts, rss_loaded, wasm, wasm_size, memory)
+    finish(render(args, rows, starts, rss_loaded, wasm, wasm_size, memory), args, workdir)
+
+
+def finish(report, args, workdir):
+    """Writes the report to args.out and prints it; removes the work folder
+    unless args.keep."""
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(report)
