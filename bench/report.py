@@ -189,12 +189,29 @@ def summary_table(workloads, policies=("envoy-lr", "prefix_cache", "least_busy",
             + "\n".join(lines))
 
 
+def conversation_moves(records):
+    """(moved, continuing): of the turns that follow an answered turn of the
+    same session, how many another replica served. None when the replicas are
+    not known (Envoy's own load balancing in front of real vLLM)."""
+    last, moved, continuing = {}, 0, 0
+    for r in sorted(records, key=lambda r: (r.session, r.turn)):
+        if r.status != 200 or r.error or r.replica is None:
+            last.pop(r.session, None)
+            continue
+        before = last.get(r.session)
+        if before is not None:
+            continuing += 1
+            moved += before != r.replica
+        last[r.session] = r.replica
+    return (moved, continuing) if continuing else None
+
+
 def detail_table(rows):
     repeats = any(len(r.get("repeat_ttft_means") or ()) > 1 for r in rows)
-    lines = ["| policy | requests ok / sent | plugin decisions | Envoy CPU ms/request "
-             "| simulator late steps | KV evictions | preemptions |"
+    lines = ["| policy | requests ok / sent | plugin decisions | next turns on another "
+             "replica | Envoy CPU ms/request | simulator late steps | KV evictions | preemptions |"
              + (" TTFT mean per repeat (s) |" if repeats else ""),
-             "|---|---:|---|---:|---:|---:|---:|" + ("---|" if repeats else "")]
+             "|---|---:|---|---:|---:|---:|---:|---:|" + ("---|" if repeats else "")]
     for r in rows:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(r["reasons"].items())) or "-"
         if r.get("fallbacks"):
@@ -202,7 +219,9 @@ def detail_table(rows):
         sim = r.get("sim") or {}
         late = (f"{sim['late_steps']} of {sim['steps']} (max {sim['max_late_ms']:.0f} ms)"
                 if sim else "n/a")
-        lines.append(f"| {r['label']} | {r['ok']} / {r['requests']} | {reasons} | "
+        moves = r.get("moves")
+        moved = f"{moves[0]} of {moves[1]} ({moves[0] / moves[1]:.0%})" if moves else "n/a"
+        lines.append(f"| {r['label']} | {r['ok']} / {r['requests']} | {reasons} | {moved} | "
                      f"{f3(r.get('envoy_cpu_ms_per_request'))} | {late} | "
                      f"{sim.get('evictions', 'n/a') if sim else 'n/a'} | {r['preemptions']:.0f} |"
                      + (" " + ", ".join(f"{m:.3f}" for m in r.get("repeat_ttft_means", []))

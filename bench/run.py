@@ -158,6 +158,9 @@ def merge_runs(policy, raws, backend):
          "max_inflight": max(raw["max_inflight"] for raw in raws)},
         sim, hit / prompt if prompt else float("nan"), sum(raw["elapsed"] for raw in raws),
         span=sum(raw["span"] for raw in raws))
+    counted = [report.conversation_moves(raw["records"]) for raw in raws]
+    if all(counted):
+        row["moves"] = [sum(c[0] for c in counted), sum(c[1] for c in counted)]
     if len(raws) > 1:
         row["repeat_ttft_means"] = [
             report.dist([r.ttft for r in raw["records"]
