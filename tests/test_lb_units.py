@@ -191,6 +191,18 @@ def test_a_short_shared_prefix_does_not_pull_new_prompts_onto_a_busy_replica():
     assert pick.address == B
 
 
+def test_move_cost_keeps_a_conversation_home_when_a_new_prompt_queues_there():
+    # A holds the conversation (140 of 143 blocks); a new user's 125-block first
+    # turn waits there, and A has one more request in flight than B.
+    home = dict(inflight={A: 2, B: 1, C: 1}, matched={A: 140}, prompt_blocks=143,
+                work={A: 125}, decode_cost=16)
+    assert cost_pick(**home).address == B  # by this turn's prefill alone, it moves
+    assert cost_pick(**home, moveCost=1).address == A  # moving duplicates 140 blocks
+    # A short shared system prompt is worth little to duplicate: a new prompt still
+    # goes where the queue is short.
+    assert cost_pick({A: 3, B: 0, C: 1}, {A: 4}, work={A: 200, C: 100}, moveCost=1).address == B
+
+
 def test_the_optional_filters_still_apply():
     pick = cost_pick({A: 9, B: 5, C: 0}, {A: 90, B: 3}, maxLoadGap=4)
     assert (pick.address, pick.reason) == (C, "bounded_load")
@@ -243,12 +255,13 @@ def owners_to_matches(owners):
 # --- the Redis script applies the same rules --------------------------------------------
 
 def python_pick(candidates, inflight, work, owners, costed, gap, limit, rotation, min_ratio,
-                hashes, prompt_blocks, decode_cost):
+                hashes, prompt_blocks, decode_cost, move_cost=0.0):
     if not costed:
         policy = policy_for("global_least_request", maxRequestCount=limit)
     else:
         policy = policy_for("prefix_cache", maxRequestCount=limit, maxLoadGap=gap,
-                            minMatchRatio=min_ratio, decodeCost=decode_cost)
+                            minMatchRatio=min_ratio, decodeCost=decode_cost,
+                            moveCost=move_cost)
     try:
         pick = policy.choose(Inputs(tuple(candidates), rotation, prompt_blocks=prompt_blocks,
                                     hashes=tuple(hashes), matched=owners_to_matches(owners),
@@ -295,12 +308,13 @@ def test_redis_script_and_python_pick_alike(redis_server):
         min_ratio, costed = rng.choice([0.0, 0.2, 0.5]), rng.random() < 0.7
         min_blocks = math.ceil(min_ratio * len(hashes))
         prompt_blocks = len(hashes) + rng.choice([0, 0, 5, 60])
-        decode_cost = rng.choice([0, 4, 30])
+        decode_cost, move_cost = rng.choice([0, 4, 30]), rng.choice([0.0, 0.5, 1.0, 3.0])
         expected = python_pick(candidates, inflight, work, owners, costed, gap, limit, rotation,
-                               min_ratio, hashes, prompt_blocks, decode_cost)
+                               min_ratio, hashes, prompt_blocks, decode_cost, move_cost)
         reply = redis_server.command(*resp_args(redis_state.pick_command(
             cluster, "me", 60000, rotation, candidates, hashes, costed, gap, limit, 600,
-            min_blocks, str(case), prompt_blocks, decode_cost, sizes=sizes)))
+            min_blocks, str(case), prompt_blocks, decode_cost, sizes=sizes,
+            move_cost=move_cost)))
         if expected == "limit":
             with pytest.raises(redis_state.LimitReached):
                 redis_state.parse_pick(reply)

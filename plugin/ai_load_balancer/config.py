@@ -44,6 +44,7 @@ class LBConfig:
     max_load_gap: int = 0                  # prefix match only within this many in-flight of
                                            # the least busy (-1: off)
     decode_cost: int = 0                   # cost model: prompt blocks per request in flight
+    move_cost: float = 0.0                 # cost model: weight of blocks held elsewhere, not here
     block_size: int = 0                    # bytes per prefix block
     max_blocks: int = 0                    # prefix blocks hashed at most
     index_capacity: int = 0                # embedded prefix index slots
@@ -139,6 +140,7 @@ def parse_doc(doc, path=""):
         max_request_count=lb.get("maxRequestCount"),
         max_load_gap=lb.get("maxLoadGap"),
         decode_cost=lb.get("decodeCost"),
+        move_cost=lb.get("moveCost"),
         block_size=lb.get("prefixBlockSize"),
         max_blocks=lb.get("maxPrefixBlocks"),
         index_capacity=lb.get("indexCapacity"),

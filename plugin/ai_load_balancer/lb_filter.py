@@ -398,7 +398,8 @@ class LoadBalancerStream(HttpContext):
             inputs.hashes, policy.redis_rule == "cost", cfg.max_load_gap, cfg.max_request_count,
             cfg.key_ttl_s, min_match_blocks(cfg, inputs.hashes), self.request_id,
             inputs.prompt_blocks, cfg.decode_cost, self.lb.pick_script_cached,
-            [policy.capacity_of(a) for a in inputs.candidates] if inputs.hashes else ())
+            [policy.capacity_of(a) for a in inputs.candidates] if inputs.hashes else (),
+            move_cost=cfg.move_cost)
         try:
             # Owned by the root: its answer arrives even if this stream is gone,
             # so a count Redis made for it can always be released. The stream

@@ -36,7 +36,7 @@ from .picking import LimitReached, Pick
 
 # ARGV: gateway, lease_ms, rotation, mode ("cost": prefix_cache's cost model,
 #       "lr": least request), max_load_gap (-1: off), limit (0: none), ttl_s,
-#       min_blocks, request id, prompt blocks, decode cost, candidate count,
+#       min_blocks, request id, prompt blocks, decode cost, move cost, candidate count,
 #       candidates..., their cache sizes in blocks (0: unknown)..., block hashes...
 PICK_SCRIPT = """
 local p = KEYS[1]
@@ -45,15 +45,15 @@ local rotation, costed = tonumber(ARGV[3]), ARGV[4] == 'cost'
 local gap, limit, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local minb, rid = math.max(1, tonumber(ARGV[8])), ARGV[9]
 local pblocks, dcost = tonumber(ARGV[10]), tonumber(ARGV[11])
-local total = tonumber(ARGV[12])
-local h0, nh = 12 + 2 * total, #ARGV - 12 - 2 * total
+local mcost, total = tonumber(ARGV[12]), tonumber(ARGV[13])
+local h0, nh = 13 + 2 * total, #ARGV - 13 - 2 * total
 if redis.call('DEL', p .. ':x:' .. gw .. ':' .. rid) == 1 then return {'', 0, 0, 'released'} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local inflight, work, size, clock = {}, {}, {}, {}
 for i = 1, total do
-  local a = ARGV[12 + i]
-  inflight[a], work[a], size[a] = 0, 0, tonumber(ARGV[12 + total + i])
+  local a = ARGV[13 + i]
+  inflight[a], work[a], size[a] = 0, 0, tonumber(ARGV[13 + total + i])
 end
 redis.call('ZREMRANGEBYSCORE', p .. ':gws', '-inf', now)
 redis.call('ZADD', p .. ':gws', now + lease, gw)
@@ -70,14 +70,14 @@ for _, g in ipairs(redis.call('ZRANGE', p .. ':gws', 0, -1)) do
 end
 local cands = {}
 for i = 1, total do
-  local a = ARGV[12 + i]
+  local a = ARGV[13 + i]
   if limit <= 0 or inflight[a] < limit then cands[#cands + 1] = a end
 end
 if #cands == 0 then return {'', 0, 0, 'limit'} end
 local matched, firstage, owners = {}, {}, {}
 if nh > 0 then
-  local clocks = redis.call('HMGET', p .. ':clk', unpack(ARGV, 13, 12 + total))
-  for i = 1, total do clock[ARGV[12 + i]] = tonumber(clocks[i]) or 0 end
+  local clocks = redis.call('HMGET', p .. ':clk', unpack(ARGV, 14, 13 + total))
+  for i = 1, total do clock[ARGV[13 + i]] = tonumber(clocks[i]) or 0 end
   local keys = {}
   for i = 1, nh do keys[i] = p .. ':pc:' .. ARGV[h0 + i] end
   owners = redis.call('MGET', unpack(keys))
@@ -99,17 +99,23 @@ if costed then
   for i = 1, n do
     if fewest == nil or inflight[cands[i]] < fewest then fewest = inflight[cands[i]] end
   end
-  local anym = false
-  for k = 0, n - 1 do
-    local a = cands[(rotation + k) % n + 1]
-    local c, m = inflight[a], matched[a] or 0
+  local anym, held, top = false, {}, 0
+  for i = 1, n do
+    local a = cands[i]
+    local m = matched[a] or 0
     if m < minb then
       m = 0
-    elseif gap >= 0 and c > fewest + gap then
+    elseif gap >= 0 and inflight[a] > fewest + gap then
       m, anym = 0, true
     end
     if m > pblocks then m = pblocks end
-    local cost = pblocks - m + work[a] + dcost * c
+    held[a] = m
+    if m > top then top = m end
+  end
+  for k = 0, n - 1 do
+    local a = cands[(rotation + k) % n + 1]
+    local c, m = inflight[a], held[a]
+    local cost = pblocks - m + work[a] + dcost * c + mcost * (top - m)
     if best == nil or cost < bestcost then best, bestc, bestm, bestcost = a, c, m, cost end
   end
   reason = (bestm > 0) and 'prefix_match' or (anym and 'bounded_load' or 'least_load')
@@ -207,7 +213,7 @@ def key_prefix(cluster):
 
 def pick_command(cluster, gateway, lease_ms, rotation, candidates, hashes=(), costed=False,
                  max_load_gap=-1, limit=0, ttl_s=1800, min_blocks=1, request_id="0",
-                 prompt_blocks=0, decode_cost=0, cached=False, sizes=()):
+                 prompt_blocks=0, decode_cost=0, cached=False, sizes=(), move_cost=0):
     """The script call that picks among `candidates` and counts the pick for
     `request_id` (unique per gateway among its requests in flight). `costed`:
     prefix_cache's preset, otherwise global_least_request's.
@@ -216,7 +222,8 @@ def pick_command(cluster, gateway, lease_ms, rotation, candidates, hashes=(), co
     head = ("EVALSHA", PICK_SHA) if cached else ("EVAL", PICK_SCRIPT)
     return resp.command(*head, 1, key_prefix(cluster), gateway, lease_ms, rotation,
                         "cost" if costed else "lr", max_load_gap, limit, ttl_s, min_blocks,
-                        request_id, prompt_blocks, decode_cost, len(candidates), *candidates,
+                        request_id, prompt_blocks, decode_cost, repr(float(move_cost)),
+                        len(candidates), *candidates,
                         *(tuple(sizes) or (0,) * len(candidates)), *hashes)
 
 

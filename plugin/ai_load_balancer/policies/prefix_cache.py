@@ -2,8 +2,10 @@
 token, in prefill work (prompt blocks): the part of its prompt the replica
 does not hold, plus the uncached work sent there whose first answer byte has
 not come (still being computed), plus `decodeCost` per request in flight
-there. So a request stays with the replica holding its prefix until that
-replica's queue costs more than the prefix saves. Optional filters on the
+there, plus `moveCost` per prompt block another replica holds and this one
+does not (moving a conversation duplicates its KV cache). So a request stays
+with the replica holding its prefix until that replica's queue costs more than
+the prefix saves. Optional filters on the
 match: one shorter than minMatchRatio of the prompt, or on a replica more than
 maxLoadGap (>= 0) requests above the least busy one, counts as none.
 
@@ -44,9 +46,11 @@ def counted_matches(inputs, config, addresses):
 def prefill_cost(inputs, policy, addresses):
     """Lower predicted wait for the first token scores higher."""
     held, _ = counted_matches(inputs, policy.config, addresses)
-    decode_cost = policy.config.decode_cost
+    decode_cost, move_cost = policy.config.decode_cost, policy.config.move_cost
+    top = max(held.values(), default=0)
     return inverted([inputs.prompt_blocks - held[a] + inputs.work.get(a, 0)
-                     + decode_cost * inputs.inflight.get(a, 0) for a in addresses])
+                     + decode_cost * inputs.inflight.get(a, 0) + move_cost * (top - held[a])
+                     for a in addresses])
 
 
 @register
