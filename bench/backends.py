@@ -3,15 +3,13 @@ replicas (vllm_replicas/start.py), or endpoints already running. And what the
 benchmark reads from them: vLLM's own /metrics counters.
 """
 
-import importlib.util
 import json
 import os
 import urllib.request
 
 from sim import client as sim_client
 from sim.fleet import Fleet
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from vllm_replicas import start as vllm_start
 
 
 class Backend:
@@ -64,24 +62,14 @@ class SimBackend(Backend):
         self.fleet.stop()
 
 
-def vllm_start():
-    """vllm_replicas/start.py as a module (it is a script, not in a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "vllm_start", os.path.join(ROOT, "vllm_replicas", "start.py"))
-    start = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(start)
-    return start
-
-
 class VllmBackend(Backend):
     kind = "real vLLM"
 
     def __init__(self, count=2, **options):
-        start = vllm_start()
         self.rates = None  # bench/calibrate.py's measurements, once taken
         # vLLM serves /reset_prefix_cache only in its dev mode.
         os.environ.setdefault("VLLM_SERVER_DEV_MODE", "1")
-        self.replicas = start.VllmReplicas.start(count, **options)  # e.g. num_gpu_blocks
+        self.replicas = vllm_start.VllmReplicas.start(count, **options)  # e.g. num_gpu_blocks
         try:
             super().__init__(self.replicas.endpoints)
         except BaseException:

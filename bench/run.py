@@ -246,7 +246,7 @@ def calibrated(backend, workload, args, doc):
 def cpu_flags():
     """The CPU model and the flags that decide vLLM's CPU speed."""
     from bench.overhead import cpu_model
-    flags = backends.vllm_start().cpu_flags() or set()
+    flags = backends.vllm_start.cpu_flags() or set()
     wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
     return f"{cpu_model()}; flags: {', '.join(f for f in wanted if f in flags) or 'none of note'}"
 

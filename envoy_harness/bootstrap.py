@@ -2,6 +2,7 @@
 override_host policy, the stats tags users copy; and reading /stats/prometheus."""
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -204,8 +205,10 @@ class EnvoyConfig:
         return path
 
 
+@functools.cache
 def stats_tags_fragment():
-    """The bootstrap's stats_config that users copy (observability/envoy-stats-tags.yaml)."""
+    """The bootstrap's stats_config that users copy (observability/envoy-stats-tags.yaml),
+    read once per process; callers must not change it."""
     import yaml  # the test extra; only Envoy configs need it
     with open(os.path.join(ROOT, "observability", "envoy-stats-tags.yaml")) as f:
         return yaml.safe_load(f)
