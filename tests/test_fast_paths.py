@@ -2,7 +2,6 @@
 references do: in the built wasm they run in C (tests/plugins/fast_paths_plugin.py
 says which ran), natively the reference itself."""
 
-import hashlib
 import json
 import random
 
@@ -35,15 +34,25 @@ def test_chained_prompt_hashes_match_the_reference(make_host):
     rng = random.Random(11)
     expected_by = "python" if make_host.mode == "native" else "c"
     for case in range(60):
-        namespace = rng.choice(["qwen\0", "llama\0salt", "模型\0"])
+        namespace = rng.choice(["qwen\0", "llama\0salt", "模型\0", "Qwen/Qwen2.5-7B\0" * 3])
         size = rng.choice([0, 1, 63, 64, 65, 1000, 16384, 40000])
         alphabet = rng.choice([b"ab", bytes(range(256)), "好的 ".encode()])
         prompt = bytes(rng.choice(alphabet) for _ in range(size))
         block_size, max_blocks = rng.choice([16, 64, 100, 4096]), rng.choice([0, 1, 7, 256])
         hashes, by = hashes_from(host, namespace, prompt, block_size, max_blocks)
-        key = hashlib.blake2b(namespace.encode(), digest_size=16).digest()
         assert by == expected_by
-        assert hashes == prefix_hash.reference_hashes(key, prompt, block_size, max_blocks), case
+        assert hashes == prefix_hash.reference_hashes(namespace.encode(), prompt, block_size,
+                                                      max_blocks), case
+
+
+def test_the_reference_is_xxh64():
+    """Vectors of the xxHash specification, and the chain built from them."""
+    assert prefix_hash.xxh64(b"") == 0xEF46DB3751D8E999
+    assert prefix_hash.xxh64(b"abc") == 0x44BC2CF5AD770999
+    seed = prefix_hash.xxh64(b"qwen\0")
+    first = prefix_hash.xxh64(b"a" * 64, seed)
+    assert prefix_hash.reference_hashes(b"qwen\0", b"a" * 130, 64, 256) == [
+        f"{first:016x}", f"{prefix_hash.xxh64(b'a' * 64, first):016x}"]
 
 
 TEXTS = ["hello", "", "a \"quoted\" \\ back\\slash / slash", "tab\tnew\nline\r\x00nul\x1f",
