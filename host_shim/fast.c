@@ -7,9 +7,12 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "shim_gen.h" /* the host functions: proxy_get_shared_data */
 
 /* XXH64 (the xxHash specification), little-endian reads as wasm32 does. */
 static const uint64_t P1 = 0x9E3779B185EBCA87ULL, P2 = 0xC2B2AE3D27D4EB4FULL,
@@ -456,9 +459,309 @@ static PyObject *chat_prompt(PyObject *self, PyObject *body_obj) {
     return result;
 }
 
+/* ------------------------------------------------------------------------- */
+/* prefix_matches(slot_prefix, capacity, clock_prefix, hashes, now_s, ttl_s,   */
+/*                capacity_of) -> (matched, aging)                             */
+/*                                                                             */
+/* EmbeddedPrefixIndex.matches (its reference) with the shared-data reads made */
+/* here: the same binary search over the slots "<slot_prefix><hash mod         */
+/* capacity>", the same sampling of shorter holdings, the same clocks          */
+/* "<clock_prefix><address>". Entries are read as record() writes them;       */
+/* a field that is not a decimal integer raises ValueError, as int() does.     */
+
+typedef struct {
+    PyObject *address; /* str */
+    int64_t expiry, age;
+} holder_t;
+
+typedef struct {
+    const char *slot_prefix, *clock_prefix;
+    size_t slot_prefix_len, clock_prefix_len;
+    uint64_t capacity;
+    int64_t now_s;
+    PyObject *capacity_of; /* address -> blocks (0: unknown) */
+    PyObject *known;       /* {address: (clock, size)}, filled as read */
+} lookup_t;
+
+static int read_shared(const char *prefix, size_t prefix_len, const char *rest, size_t rest_len,
+                       char **value, size_t *value_size) {
+    char key[256];
+    if (prefix_len + rest_len > sizeof key) {
+        PyErr_SetString(PyExc_ValueError, "shared-data key too long");
+        return -1;
+    }
+    memcpy(key, prefix, prefix_len);
+    memcpy(key + prefix_len, rest, rest_len);
+    uint32_t cas = 0;
+    *value = NULL;
+    *value_size = 0;
+    uint32_t status = proxy_get_shared_data(key, prefix_len + rest_len, value, value_size, &cas);
+    if (status == 1) { /* NotFound */
+        free(*value);
+        *value = NULL;
+        return 0;
+    }
+    if (status != 0) {
+        free(*value);
+        PyErr_Format(PyExc_RuntimeError, "proxy_get_shared_data: status %u", status);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_int(const char *p, size_t n, int64_t *out) {
+    size_t i = n > 0 && p[0] == '-';
+    int64_t v = 0;
+    if (i == n || n - i > 18) goto bad;
+    for (; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9') goto bad;
+        v = v * 10 + (p[i] - '0');
+    }
+    *out = p[0] == '-' ? -v : v;
+    return 0;
+bad:
+    PyErr_SetString(PyExc_ValueError, "prefix index entry: not an integer");
+    return -1;
+}
+
+/* (clock, size) of `address` (a new reference to a 2-tuple), read once per lookup. */
+static PyObject *known_of(lookup_t *l, PyObject *address) {
+    PyObject *pair = PyDict_GetItemWithError(l->known, address);
+    if (pair != NULL) return Py_NewRef(pair);
+    if (PyErr_Occurred()) return NULL;
+    Py_ssize_t len;
+    const char *text = PyUnicode_AsUTF8AndSize(address, &len);
+    char *raw;
+    size_t raw_len;
+    if (text == NULL || read_shared(l->clock_prefix, l->clock_prefix_len, text, (size_t)len,
+                                    &raw, &raw_len) < 0)
+        return NULL;
+    int64_t clock = 0;
+    int bad = raw != NULL && raw_len > 0 && parse_int(raw, raw_len, &clock) < 0;
+    free(raw);
+    if (bad) return NULL;
+    PyObject *size = PyObject_CallOneArg(l->capacity_of, address);
+    if (size == NULL) return NULL;
+    pair = Py_BuildValue("(LN)", (long long)clock, size);
+    if (pair == NULL || PyDict_SetItem(l->known, address, pair) < 0) {
+        Py_XDECREF(pair);
+        return NULL;
+    }
+    return pair;
+}
+
+static void drop_holders(holder_t *h, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) Py_DECREF(h[i].address);
+    PyMem_Free(h);
+}
+
+/* The live holders of `block_hash` (a 16-digit hex str), latest first, into
+   *out (PyMem_Malloc'd, *count of them; NULL when none). -1 on error. */
+static int live_holders(lookup_t *l, PyObject *block_hash, holder_t **out, Py_ssize_t *count) {
+    *out = NULL;
+    *count = 0;
+    Py_ssize_t hash_len;
+    const char *hash = PyUnicode_AsUTF8AndSize(block_hash, &hash_len);
+    if (hash == NULL) return -1;
+    uint64_t h = 0;
+    for (Py_ssize_t i = 0; i < hash_len; i++) {
+        char c = hash[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0 || hash_len > 16) {
+            PyErr_SetString(PyExc_ValueError, "block hash: not 16 hex digits");
+            return -1;
+        }
+        h = h << 4 | (uint64_t)d;
+    }
+    char slot[24];
+    int slot_len = snprintf(slot, sizeof slot, "%llu", (unsigned long long)(h % l->capacity));
+    char *raw;
+    size_t raw_len;
+    if (read_shared(l->slot_prefix, l->slot_prefix_len, slot, (size_t)slot_len, &raw, &raw_len) < 0)
+        return -1;
+    if (raw == NULL) return 0;
+    /* "<hash>( <address> <expiry> <stamp>)*", split on single spaces */
+    size_t fields = 1;
+    for (size_t i = 0; i < raw_len; i++) fields += raw[i] == ' ';
+    const char *first_end = memchr(raw, ' ', raw_len);
+    size_t first_len = first_end ? (size_t)(first_end - raw) : raw_len;
+    if (first_len != (size_t)hash_len || memcmp(raw, hash, first_len) != 0 || fields % 3 != 1) {
+        free(raw);
+        return 0; /* another block's slot now, or not an entry of this layout */
+    }
+    holder_t *live = PyMem_Malloc(sizeof *live * (fields / 3 + 1));
+    Py_ssize_t n = 0;
+    const char *p = raw + first_len + 1, *end = raw + raw_len;
+    int failed = live == NULL;
+    if (failed) PyErr_NoMemory();
+    for (size_t e = 0; !failed && e < fields / 3; e++) {
+        const char *part[3];
+        size_t len[3];
+        for (int k = 0; k < 3; k++) {
+            const char *stop = memchr(p, ' ', (size_t)(end - p));
+            if (stop == NULL) stop = end;
+            part[k] = p;
+            len[k] = (size_t)(stop - p);
+            p = stop + 1;
+        }
+        int64_t expiry, stamp;
+        if (parse_int(part[1], len[1], &expiry) < 0 || parse_int(part[2], len[2], &stamp) < 0) {
+            failed = 1;
+            break;
+        }
+        if (expiry <= l->now_s) continue;
+        PyObject *address = PyUnicode_DecodeUTF8(part[0], (Py_ssize_t)len[0], NULL);
+        PyObject *pair = address ? known_of(l, address) : NULL;
+        if (pair == NULL) {
+            Py_XDECREF(address);
+            failed = 1;
+            break;
+        }
+        int64_t age = PyLong_AsLongLong(PyTuple_GET_ITEM(pair, 0)) - stamp;
+        long long size = PyLong_AsLongLong(PyTuple_GET_ITEM(pair, 1));
+        Py_DECREF(pair);
+        if (PyErr_Occurred()) {
+            Py_DECREF(address);
+            failed = 1;
+            break;
+        }
+        if (size <= 0 || age < size) {
+            live[n++] = (holder_t){address, expiry, age};
+        } else {
+            Py_DECREF(address);
+        }
+    }
+    free(raw);
+    if (failed) {
+        if (live) drop_holders(live, n);
+        return -1;
+    }
+    if (n == 0) {
+        PyMem_Free(live);
+        live = NULL;
+    }
+    *out = live;
+    *count = n;
+    return 0;
+}
+
+static PyObject *prefix_matches(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "prefix_matches takes 7 arguments");
+        return NULL;
+    }
+    lookup_t l = {0};
+    Py_ssize_t slot_len, clock_len;
+    long long ttl_s;
+    if (PyBytes_AsStringAndSize(args[0], (char **)&l.slot_prefix, &slot_len) < 0 ||
+        PyBytes_AsStringAndSize(args[2], (char **)&l.clock_prefix, &clock_len) < 0)
+        return NULL;
+    l.slot_prefix_len = (size_t)slot_len;
+    l.clock_prefix_len = (size_t)clock_len;
+    l.capacity = PyLong_AsUnsignedLongLong(args[1]);
+    l.now_s = PyLong_AsLongLong(args[4]);
+    ttl_s = PyLong_AsLongLong(args[5]);
+    if (PyErr_Occurred()) return NULL;
+    if (l.capacity == 0 || !PyList_Check(args[3])) {
+        PyErr_SetString(PyExc_ValueError, "capacity must be positive, hashes a list");
+        return NULL;
+    }
+    l.capacity_of = args[6];
+    PyObject *hashes = args[3];
+    PyObject *matched = NULL, *first = NULL, *aging = NULL, *result = NULL;
+    holder_t *best = NULL, *found = NULL;
+    Py_ssize_t best_n = 0, found_n = 0, longest = 0;
+    l.known = PyDict_New();
+    if (l.known == NULL) return NULL;
+
+    Py_ssize_t low = 0, high = PyList_GET_SIZE(hashes);
+    while (low < high) {
+        Py_ssize_t mid = (low + high + 1) / 2;
+        if (live_holders(&l, PyList_GET_ITEM(hashes, mid - 1), &found, &found_n) < 0) goto done;
+        if (found_n == 0 && mid < PyList_GET_SIZE(hashes) &&
+            live_holders(&l, PyList_GET_ITEM(hashes, mid), &found, &found_n) < 0)  /* a collision took block mid? */
+            goto done;
+        if (found_n == 0) {
+            high = mid - 1;
+        } else {
+            low = longest = mid;
+            if (best) drop_holders(best, best_n);
+            best = found;
+            best_n = found_n;
+            found = NULL;
+        }
+    }
+    matched = PyDict_New();
+    aging = PySet_New(NULL);
+    first = PyDict_New();
+    if (matched == NULL || aging == NULL || first == NULL) goto done;
+    if (best_n == 0) goto answer;
+    PyObject *at_longest = PyLong_FromSsize_t(longest);
+    if (at_longest == NULL) goto done;
+    for (Py_ssize_t i = 0; i < best_n; i++) {
+        PyObject *when = Py_BuildValue("(LL)", (long long)best[i].expiry, (long long)best[i].age);
+        if (when == NULL || PyDict_SetItem(matched, best[i].address, at_longest) < 0 ||
+            PyDict_SetItem(first, best[i].address, when) < 0) {
+            Py_XDECREF(when);
+            Py_DECREF(at_longest);
+            goto done;
+        }
+        Py_DECREF(when);
+    }
+    Py_DECREF(at_longest);
+    for (Py_ssize_t position = longest / 2; position >= 1; position /= 2) {
+        if (live_holders(&l, PyList_GET_ITEM(hashes, position - 1), &found, &found_n) < 0)
+            goto done;
+        for (Py_ssize_t i = 0; i < found_n; i++) {
+            PyObject *at = PyLong_FromSsize_t(position);
+            int ok = at != NULL && PyDict_SetDefault(matched, found[i].address, at) != NULL;
+            Py_XDECREF(at);
+            if (ok && position == 1 && PyDict_Contains(first, found[i].address) == 1) {
+                PyObject *when = Py_BuildValue("(LL)", (long long)found[i].expiry,
+                                               (long long)found[i].age);
+                ok = when != NULL && PyDict_SetItem(first, found[i].address, when) == 0;
+                Py_XDECREF(when);
+            }
+            if (!ok) goto done;
+        }
+        if (found) drop_holders(found, found_n);
+        found = NULL;
+        found_n = 0;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *address, *when;
+    while (PyDict_Next(first, &pos, &address, &when)) {
+        PyObject *pair = known_of(&l, address);
+        if (pair == NULL) goto done;
+        long long size = PyLong_AsLongLong(PyTuple_GET_ITEM(pair, 1));
+        Py_DECREF(pair);
+        long long expiry = PyLong_AsLongLong(PyTuple_GET_ITEM(when, 0));
+        long long age = PyLong_AsLongLong(PyTuple_GET_ITEM(when, 1));
+        if (PyErr_Occurred()) goto done;
+        long long half_ttl = ttl_s >= 0 ? ttl_s / 2 : -((-ttl_s + 1) / 2); /* Python's // */
+        if ((expiry - l.now_s < half_ttl || (size > 0 && age > size / 2)) &&
+            PySet_Add(aging, address) < 0)
+            goto done;
+    }
+answer:
+    result = PyTuple_Pack(2, matched, aging);
+done:
+    if (best) drop_holders(best, best_n);
+    if (found) drop_holders(found, found_n);
+    Py_XDECREF(matched);
+    Py_XDECREF(aging);
+    Py_XDECREF(first);
+    Py_DECREF(l.known);
+    return result;
+}
+
 static PyMethodDef fast_methods[] = {
     {"chained_hashes", (PyCFunction)(void (*)(void))chained_hashes, METH_FASTCALL,
      "chained_hashes(namespace, prompt, block_size, max_blocks) -> list of hex XXH64 hashes"},
+    {"prefix_matches", (PyCFunction)(void (*)(void))prefix_matches, METH_FASTCALL,
+     "prefix_matches(slot_prefix, capacity, clock_prefix, hashes, now_s, ttl_s, capacity_of)"
+     " -> (matched, aging): EmbeddedPrefixIndex.matches"},
     {"chat_prompt", chat_prompt, METH_O,
      "chat_prompt(body) -> (model, cache_salt, prompt bytes), or None: ask llm_request.parse"},
     {NULL, NULL, 0, NULL},

@@ -55,6 +55,45 @@ def test_the_reference_is_xxh64():
         f"{first:016x}", f"{prefix_hash.xxh64(b'a' * 64, first):016x}"]
 
 
+def random_index(rng, case):
+    """Prompts of a few shared stems recorded on a few replicas at random
+    times, with small slot tables (collisions), cache sizes and TTLs that
+    forget some of them, and lookups of prompts recorded, extended or not."""
+    stems = [[f"{rng.getrandbits(64):016x}" for _ in range(rng.randint(1, 40))]
+             for _ in range(3)]
+
+    def prompt():
+        stem = rng.choice(stems)
+        cut = rng.randint(0, len(stem))
+        return stem[:cut] + [f"{rng.getrandbits(64):016x}" for _ in range(rng.randint(0, 5))]
+
+    addresses = [f"10.0.0.{i}:8000" for i in range(rng.randint(1, 5))]
+    records = [[prompt(), rng.choice(addresses), rng.randint(0, 100), 0]
+               for _ in range(rng.randint(0, 30))]
+    for record in records:
+        record[3] = rng.choice([0, 0, rng.randint(0, len(record[0]))])
+    return {"namespace": f"t{case}", "capacity": rng.choice([3, 17, 1000]),
+            "ttl_s": rng.choice([40, 100, 1000]),
+            "sizes": {a: rng.choice([0, 10, 50]) for a in addresses if rng.random() < 0.7},
+            "records": records,
+            "queries": [[prompt(), rng.randint(60, 140)] for _ in range(10)]}
+
+
+def test_prefix_index_lookup_in_c_matches_the_reference(make_host):
+    host = make_host(entry=PLUGIN, configuration=b"{}")
+    rng = random.Random(7)
+    expected_by = "python" if make_host.mode == "native" else "c"
+    found = aging = 0
+    for case in range(40):
+        body, by = answered(host, "/index", json.dumps(random_index(rng, case)).encode())
+        assert by == expected_by
+        for fast, reference in json.loads(body):
+            assert fast == reference, case
+            found += bool(reference[0])
+            aging += bool(reference[1])
+    assert found > 100 and aging > 20  # the cases are not all empty
+
+
 TEXTS = ["hello", "", "a \"quoted\" \\ back\\slash / slash", "tab\tnew\nline\r\x00nul\x1f",
          "héllo wörld", "日本語のテキスト", "emoji 😀 and 𝄞", "\u2028\u2029", "<|user|>"]
 

@@ -29,6 +29,11 @@ from proxywasm import hostcalls
 
 from .shared_record import GaveUp, SharedRecord
 
+try:  # in the VM: the same lookup, with its shared-data reads, in C (host_shim/fast.c)
+    from _ailb_fast import prefix_matches
+except ImportError:  # natively: reference_matches
+    prefix_matches = None
+
 HOLDERS = 3
 
 
@@ -50,6 +55,18 @@ class EmbeddedPrefixIndex:
 
     def _clock_key(self, address):
         return f"ailb:pcclk:{self.namespace}:{address}"
+
+    def matches(self, hashes, now_s):
+        """({address: leading blocks it holds}, aging) for the replicas holding the
+        longest recorded prefix and, sampled, for replicas holding shorter ones.
+        `aging`: the holders of the longest prefix whose first block has less than
+        half its TTL left, or is more than half their cache old (recording it
+        again refreshes it)."""
+        if prefix_matches is None:
+            return self.reference_matches(hashes, now_s)
+        return prefix_matches(f"ailb:pc:{self.namespace}:".encode(), self.capacity,
+                              f"ailb:pcclk:{self.namespace}:".encode(), hashes, now_s,
+                              self.ttl_s, self.capacity_of)
 
     def _clock(self, address):
         raw, _ = hostcalls.get_shared_data(self._clock_key(address))
@@ -81,12 +98,9 @@ class EmbeddedPrefixIndex:
                 live.append((address, expiry, age))
         return live
 
-    def matches(self, hashes, now_s):
-        """({address: leading blocks it holds}, aging) for the replicas holding the
-        longest recorded prefix and, sampled, for replicas holding shorter ones.
-        `aging`: the holders of the longest prefix whose first block has less than
-        half its TTL left, or is more than half their cache old (recording it
-        again refreshes it)."""
+    def reference_matches(self, hashes, now_s):
+        """matches() in Python: what the C version must answer (and the answer
+        where the VM's C module is absent)."""
         clocks = {}
         longest, holders = 0, []
         low, high = 0, len(hashes)

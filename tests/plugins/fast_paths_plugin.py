@@ -10,11 +10,19 @@ local 200.
           (latin-1 text of the prompt bytes)} or {"error": the
           NotAnLLMRequest message}; x-answered-by "c" when the C reader
           answered, else "python"
+  /index  EmbeddedPrefixIndex.matches against its reference_matches: the body
+          is JSON {"namespace", "capacity", "ttl_s", "sizes": {address:
+          blocks}, "records": [[hashes, address, now_s, held]], "queries":
+          [[hashes, now_s]]}; the records are written, then each query is
+          answered by both; the answer is JSON [[matched, aging] of
+          matches(), the same of reference_matches()] per query, x-answered-by
+          "c" when matches() ran in C
 """
 
 import json
 
-from ai_load_balancer import llm_request, prefix_hash
+from ai_load_balancer import embedded_prefix_index, llm_request, prefix_hash
+from ai_load_balancer.log_limiter import LogLimiter
 from proxywasm import CONTINUE, PAUSE, HttpContext, RootContext, hostcalls, set_root_context
 
 
@@ -39,6 +47,25 @@ def parsed(body):
     return json.dumps(answer), fast
 
 
+def looked_up(body):
+    spec = json.loads(body)
+    sizes = spec["sizes"]
+    index = embedded_prefix_index.EmbeddedPrefixIndex(
+        spec["namespace"], spec["capacity"], spec["ttl_s"], LogLimiter(),
+        lambda address: sizes.get(address, 0))
+    for hashes, address, now_s, held in spec["records"]:
+        index.record(hashes, address, now_s, held)
+
+    def plain(answer):
+        matched, aging = answer
+        return [matched, sorted(aging)]
+
+    answers = [[plain(index.matches(hashes, now_s)),
+                plain(index.reference_matches(hashes, now_s))]
+               for hashes, now_s in spec["queries"]]
+    return json.dumps(answers), embedded_prefix_index.prefix_matches is not None
+
+
 class FastPathStream(HttpContext):
     def on_request_headers(self, num_headers, end_of_stream):
         return PAUSE
@@ -47,7 +74,7 @@ class FastPathStream(HttpContext):
         if not end_of_stream:
             return PAUSE
         body = hostcalls.get_buffer(hostcalls.REQUEST_BODY, 0, body_size) or b""
-        answer, in_c = {"/hash": hashed, "/parse": parsed}[header(":path")](body)
+        answer, in_c = {"/hash": hashed, "/parse": parsed, "/index": looked_up}[header(":path")](body)
         self.send_local_response(200, answer, [("x-answered-by", "c" if in_c else "python")],
                                  "answered")
         return CONTINUE
