@@ -28,7 +28,7 @@ def plugin_config(policy, target="envoy", redis=None, **fields):
     if redis is not None:
         fields.update(serviceFQDN="redis.static", servicePort=6379, timeout=redis)
     endpoints = fields.pop("endpoints", REPLICAS if target == "envoy" else [])
-    document = harness.plugin_config(policy, endpoints, debugHeader=True, **fields)
+    document = harness.plugin_config(policy, endpoints, **{"debugHeader": True, **fields})
     return json.dumps(document).encode()
 
 
