@@ -126,6 +126,8 @@ def source(host_functions, callbacks, abi_marker):
     parts.append('    {"enable_callback_once", '
                  '(PyCFunction)(void (*)(void))shim_enable_callback_once, '
                  'METH_FASTCALL, NULL},')
+    parts.append('    {"wait_for_body", (PyCFunction)(void (*)(void))shim_wait_for_body, '
+                 'METH_FASTCALL, NULL},')
     parts += ["    {NULL, NULL, 0, NULL},", "};",
               "static struct PyModuleDef shim_module = {PyModuleDef_HEAD_INIT, "
               '"_proxywasm_host", "Raw proxy-wasm host functions.", -1, shim_methods};',

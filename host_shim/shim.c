@@ -205,6 +205,55 @@ static int shim_once_take(int index, uint32_t context) {
     return taken;
 }
 
+/* Streams waiting for their whole request body: (context id, limit) pairs.
+   A chunk that is not the last, while the body is at most `limit` bytes, is
+   answered StopIterationAndBuffer here, as the plugin would answer it; the
+   last chunk (or a body over the limit) enters Python and ends the wait. */
+typedef struct { uint32_t context, limit; } shim_wait_t;
+static shim_wait_t *shim_waits;
+static int shim_wait_count, shim_wait_capacity;
+enum { SHIM_STOP_AND_BUFFER = 1 };
+
+PyObject *shim_wait_for_body(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    uint32_t context, limit;
+    if (shim_arity("wait_for_body", 2, nargs) || shim_u32(args[0], &context) ||
+        shim_u32(args[1], &limit))
+        return NULL;
+    for (int i = 0; i < shim_wait_count; i++) {
+        if (shim_waits[i].context == context) {
+            shim_waits[i].limit = limit;
+            Py_RETURN_NONE;
+        }
+    }
+    if (shim_wait_count == shim_wait_capacity) {
+        int capacity = shim_wait_capacity ? 2 * shim_wait_capacity : 64;
+        shim_wait_t *grown = realloc(shim_waits, capacity * sizeof *grown);
+        if (grown == NULL) return PyErr_NoMemory();
+        shim_waits = grown;
+        shim_wait_capacity = capacity;
+    }
+    shim_waits[shim_wait_count++] = (shim_wait_t){context, limit};
+    Py_RETURN_NONE;
+}
+
+/* For a callback of `context` while some stream waits: 1 when the shim answers
+   it (a request body chunk the plugin would buffer), else 0; the wait of a
+   context ends at its last chunk and at its deletion. */
+static int shim_wait_answers(int index, const uint32_t *args) {
+    if (index != SHIM_INDEX_proxy_on_request_body && index != SHIM_INDEX_proxy_on_delete)
+        return 0;
+    for (int i = 0; i < shim_wait_count; i++) {
+        if (shim_waits[i].context != args[0]) continue;
+        if (index == SHIM_INDEX_proxy_on_request_body && !args[2] &&
+            args[1] <= shim_waits[i].limit)
+            return 1;
+        shim_waits[i] = shim_waits[--shim_wait_count];
+        return 0;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------------- */
 /* The trampoline every callback export goes through.                          */
 
@@ -213,6 +262,7 @@ uint32_t shim_dispatch(int index, const uint32_t *args, int nargs, uint32_t fall
         shim_state = shim_start_python() == 0 ? SHIM_READY : SHIM_BROKEN;
     }
     if (shim_state != SHIM_READY) return fallback;
+    if (shim_wait_count && shim_wait_answers(index, args)) return SHIM_STOP_AND_BUFFER;
     PyObject *callable = shim_callables[index];
     if (shim_once_count) {
         if (index == SHIM_INDEX_proxy_on_delete) {

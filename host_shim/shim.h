@@ -25,6 +25,11 @@ PyObject *shim_enable_callback(PyObject *self, PyObject *name);
    callback `name` (left to the host) for that context enters Python, once;
    forgotten when the context is deleted. */
 PyObject *shim_enable_callback_once(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+/* _proxywasm_host.wait_for_body(context_id, limit): the stream's request body
+   chunks that are not the last are answered StopIterationAndBuffer in C while
+   the body is at most `limit` bytes; the last one (or a larger body) enters
+   Python. */
+PyObject *shim_wait_for_body(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 int shim_arity(const char *name, Py_ssize_t expected, Py_ssize_t got);
 int shim_u32(PyObject *obj, uint32_t *out);
 int shim_i32(PyObject *obj, int32_t *out);

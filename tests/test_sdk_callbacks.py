@@ -72,3 +72,23 @@ def test_want_once_brings_one_streams_first_chunk_only_into_python(make_host):
     host.complete_http_context(cid)
     assert f"stream {cid}: chunks=0" in host.logs_text()
     assert host.get_error_logs() == [], host.logs_text()
+
+
+def test_a_stream_waiting_for_its_body_enters_python_at_the_last_chunk(make_host):
+    """wait_for_body: the chunks before the last are paused (buffered) by the
+    host side; the last one, or the one that takes the body over the limit,
+    enters Python. Without it every chunk does."""
+    host = make_host(entry="body_wait_plugin", configuration=b"")
+    chunk, pause = b"x" * 100, 1
+    for limit, expected in ((None, 4), ("1000", 1), ("250", 2)):
+        cid = host.init_http_context()
+        headers = [(":method", "POST"), (":path", "/"), (":authority", "svc")]
+        host.call_on_request_headers(cid, headers + ([("x-wait-limit", limit)] if limit else []),
+                                     False)
+        actions = [host.call_on_request_body(cid, chunk, i == 3) for i in range(4)]
+        # Every chunk before the last is paused, whoever answered; the last goes on
+        # (with limit 250 the third chunk, 300 bytes, entered Python and went on).
+        assert actions == ([pause, pause, 0, 0] if limit == "250" else [pause] * 3 + [0])
+        host.complete_http_context(cid)
+        assert f"stream {cid}: body chunks={expected}" in host.logs_text(), host.logs_text()
+    assert host.get_error_logs() == [], host.logs_text()

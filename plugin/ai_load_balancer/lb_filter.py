@@ -86,6 +86,7 @@ class LoadBalancerStream(HttpContext):
                 # Buffering it could hit Envoy's buffer limit (a 413): route it unread.
                 return self._too_large(length)
             self.awaiting_body = True
+            self.wait_for_body(self.cfg.max_body_bytes)  # on_request_body's PAUSE, in the shim
             return PAUSE  # what the policy needs is in the body
         return self._decide()
 

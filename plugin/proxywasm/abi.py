@@ -64,6 +64,15 @@ def enable_callback(name):
         enable(name)
 
 
+def wait_for_body(context_id, limit):
+    """Makes the host answer the request body chunks of `context_id` that are
+    not the last with StopIterationAndBuffer, without entering Python, while the
+    body is at most `limit` bytes. A no-op where every callback enters."""
+    wait = getattr(_host, "wait_for_body", None)
+    if wait is not None:
+        wait(context_id, min(limit, 0xFFFFFFFF))  # body sizes are 32-bit
+
+
 def enable_callback_once(name, context_id):
     """Makes the host enter Python for the next call of callback `name` (left
     to the host) for context `context_id`, once. A no-op where every callback

@@ -137,6 +137,9 @@ CALLBACKS = (
 # cannot start (a VM that cannot start fails its configuration; streams continue),
 # and for callbacks the plugin leaves at the SDK's default (dispatcher.handler).
 RESULT_WITHOUT_PYTHON = {"proxy_on_vm_start": 0, "proxy_on_configure": 0, "proxy_on_done": 1}
+# What a request body chunk before the last is answered while its stream waits
+# for the whole body (wait_for_body): StopIterationAndBuffer, as shim.c does.
+STOP_AND_BUFFER = 1
 
 
 def host_functions(target):

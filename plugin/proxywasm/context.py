@@ -99,6 +99,12 @@ class HttpContext(Context):
         streams and this one's later chunks cost no Python call. Any callback."""
         abi.enable_callback_once(f"proxy_{method}", self.context_id)
 
+    def wait_for_body(self, limit):
+        """Promises that on_request_body answers PAUSE to every chunk that is not
+        the last while the body is at most `limit` bytes: the host answers those
+        without entering Python. Only from on_request_headers."""
+        abi.wait_for_body(self.context_id, limit)
+
     def resume_request(self):
         """Continues a request paused by returning PAUSE. Safe to call twice."""
         if self.request_paused:

@@ -49,8 +49,10 @@ class NativePlugin:
         abi = importlib.import_module("proxywasm.abi")
         abi.bind(HostNamespace({**emulator.host_functions(),
                                 "enable_callback": self._enable_callback,
-                                "enable_callback_once": self._enable_callback_once}))
+                                "enable_callback_once": self._enable_callback_once,
+                                "wait_for_body": self._wait_for_body}))
         self._once = set()  # (callback, context id): one call enters Python
+        self._waits = {}  # context id -> body limit: chunks before the last answered here
         self.module = importlib.import_module(entry)
         self.dispatcher = importlib.import_module("proxywasm.dispatcher")
         self.abi = abi
@@ -67,6 +69,10 @@ class NativePlugin:
     def _enable_callback_once(self, name, context_id):
         """As the shim's _proxywasm_host.enable_callback_once."""
         self._once.add((name, context_id))
+
+    def _wait_for_body(self, context_id, limit):
+        """As the shim's _proxywasm_host.wait_for_body."""
+        self._waits[context_id] = limit
 
     def _owned(self, name):
         return any(name == root or name.startswith(root + ".") for root in self._roots)
@@ -86,6 +92,12 @@ class NativePlugin:
         return [name for name, handler in self._callbacks.items() if handler is None]
 
     def call(self, callback, *args):
+        if args and args[0] in self._waits and callback in ("proxy_on_request_body",
+                                                            "proxy_on_delete"):
+            if callback == "proxy_on_request_body" and not args[2] \
+                    and args[1] <= self._waits[args[0]]:
+                return abi_table.STOP_AND_BUFFER  # as the shim: a chunk before the last
+            del self._waits[args[0]]
         handler = self._callbacks[callback]
         if self._once:  # as the shim: a deleted context's pairs are forgotten
             if callback == "proxy_on_delete":

@@ -74,7 +74,8 @@ class FastPathStream(HttpContext):
         if not end_of_stream:
             return PAUSE
         body = hostcalls.get_buffer(hostcalls.REQUEST_BODY, 0, body_size) or b""
-        answer, in_c = {"/hash": hashed, "/parse": parsed, "/index": looked_up}[header(":path")](body)
+        route = {"/hash": hashed, "/parse": parsed, "/index": looked_up}[header(":path")]
+        answer, in_c = route(body)
         self.send_local_response(200, answer, [("x-answered-by", "c" if in_c else "python")],
                                  "answered")
         return CONTINUE
