@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import envoy_harness as harness
 from ai_load_balancer import config
+from ai_load_balancer import embedded_inflight as embedded_inflight_record
 from ai_load_balancer.policies import POLICIES
 from proxywasm import resp
 
@@ -104,9 +105,11 @@ def embedded_inflight(host, field="counts"):
     for key, value in host.shared.data().items():
         key = key.decode() if isinstance(key, bytes) else key
         if key.startswith("ailb:inflight:"):
-            for entry in json.loads(value).values():
-                for address, n in entry[field].items():
-                    counts[address] = counts.get(address, 0) + n
+            for _, slots in embedded_inflight_record.decode(value).values():
+                for address, (requests, work) in slots.items():
+                    n = requests if field == "counts" else work
+                    if n:
+                        counts[address] = counts.get(address, 0) + n
     return counts
 
 

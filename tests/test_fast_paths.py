@@ -5,6 +5,8 @@ says which ran), natively the reference itself."""
 import json
 import random
 
+import pytest
+
 from ai_load_balancer import llm_request, prefix_hash
 
 PLUGIN = "fast_paths_plugin"
@@ -92,6 +94,43 @@ def test_prefix_index_lookup_in_c_matches_the_reference(make_host):
             found += bool(reference[0])
             aging += bool(reference[1])
     assert found > 100 and aging > 20  # the cases are not all empty
+
+
+def random_inflight(rng):
+    """A record of a few VMs (some of their leases expired) and steps of picks,
+    releases and renewals by those VMs and new ones."""
+    vms, addresses = [f"vm{i}" for i in range(4)], [f"10.0.0.{i}:8000" for i in range(5)]
+    lines = []
+    for vm in rng.sample(vms, rng.randint(0, 3)):
+        slots = []
+        for address in rng.sample(addresses, rng.randint(0, 3)):
+            requests = rng.randint(0, 3)  # an address has requests or work (never 0 0)
+            slots.append(f"{address} {requests} {rng.choice([0, 0, 40]) if requests else 40}")
+        lines.append(" ".join([vm, str(rng.choice([950, 1000, 1050, 1100]))] + slots))
+    steps = []
+    for _ in range(rng.randint(1, 8)):
+        unreleased = {a: [rng.randint(0, 2), rng.choice([0, 40])]
+                      for a in rng.sample(addresses, rng.randint(0, 2))}
+        choose = rng.choice([None, None, "none", "raise", [rng.choice(addresses),
+                                                           rng.choice([0, 7])]])
+        steps.append({"vm": rng.choice(vms), "now": rng.choice([950, 1000, 1050]), "lease": 50,
+                      "unreleased": unreleased, "choose": choose})
+    return {"record": "\n".join(lines), "steps": steps}
+
+
+@pytest.mark.parametrize("host_mode", ["wasm"], indirect=True)  # natively only the reference
+def test_inflight_update_in_c_matches_the_reference(make_host):
+    host = make_host(entry=PLUGIN, configuration=b"{}")
+    rng = random.Random(3)
+    picks = changed = 0
+    for case in range(80):
+        body, by = answered(host, "/inflight", json.dumps(random_inflight(rng)).encode())
+        assert by == "c"
+        for fast, reference in json.loads(body):
+            assert fast == reference, case
+            picks += fast[1] is not None
+            changed += bool(fast[3])
+    assert picks > 30 and changed > 100  # the cases are not all empty
 
 
 TEXTS = ["hello", "", "a \"quoted\" \\ back\\slash / slash", "tab\tnew\nline\r\x00nul\x1f",

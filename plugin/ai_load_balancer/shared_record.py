@@ -63,6 +63,10 @@ class SharedRecord:
                 return result
             except CasMismatch:
                 continue
+        self.gave_up(if_lost)
+
+    def gave_up(self, if_lost):
+        """Counts and logs a change that lost TRIES races, and raises GaveUp."""
         stats.count("ailb.shared.gave_up")
         self.limiter.log(hostcalls.WARN, "gave up " + self.key,
                          f"{TRIES} compare-and-swap attempts on {self.key} "

@@ -17,11 +17,19 @@ local 200.
           answered by both; the answer is JSON [[matched, aging] of
           matches(), the same of reference_matches()] per query, x-answered-by
           "c" when matches() ran in C
+  /inflight embedded_inflight's update in C against its reference: the body is
+          JSON {"record": text, "steps": [{"vm", "now", "lease", "unreleased",
+          "choose": null | "none" | "raise" | [address, work]}]}; both run
+          every step on their own copy of the record; the answer is JSON
+          [[C's outcome, the reference's] per step], an outcome being
+          [written, picked address, the totals choose saw, the record after]
 """
 
 import json
 
-from ai_load_balancer import embedded_prefix_index, llm_request, prefix_hash
+from types import SimpleNamespace
+
+from ai_load_balancer import embedded_inflight, embedded_prefix_index, llm_request, prefix_hash
 from ai_load_balancer.log_limiter import LogLimiter
 from proxywasm import CONTINUE, PAUSE, HttpContext, RootContext, hostcalls, set_root_context
 
@@ -66,6 +74,36 @@ def looked_up(body):
     return json.dumps(answers), embedded_prefix_index.prefix_matches is not None
 
 
+def updated(body):
+    spec = json.loads(body)
+    runs = {"c": embedded_inflight.inflight_update, "python": embedded_inflight.update}
+    for name in runs:
+        hostcalls.set_shared_data(f"inflight-{name}", spec["record"].encode())
+    answers = []
+    for step in spec["steps"]:
+        outcomes = []
+        for name, run in runs.items():
+            seen = []
+
+            def choose(counts, work, wanted=step["choose"], seen=seen):
+                seen.append([counts, work])
+                if wanted == "raise":
+                    raise LookupError("no candidate")
+                return None if wanted == "none" else SimpleNamespace(address=wanted[0],
+                                                                     work=wanted[1])
+            try:
+                written, pick = run(f"inflight-{name}", step["vm"], step["now"], step["lease"],
+                                    step["unreleased"], None if step["choose"] is None else choose,
+                                    16)
+                outcome = [written, pick and pick.address]
+            except LookupError:
+                outcome = ["raised", None]
+            record = hostcalls.get_shared_data(f"inflight-{name}")[0]
+            outcomes.append(outcome + [seen, record.decode()])
+        answers.append(outcomes)
+    return json.dumps(answers), embedded_inflight.inflight_update is not None
+
+
 class FastPathStream(HttpContext):
     def on_request_headers(self, num_headers, end_of_stream):
         return PAUSE
@@ -74,7 +112,8 @@ class FastPathStream(HttpContext):
         if not end_of_stream:
             return PAUSE
         body = hostcalls.get_buffer(hostcalls.REQUEST_BODY, 0, body_size) or b""
-        route = {"/hash": hashed, "/parse": parsed, "/index": looked_up}[header(":path")]
+        route = {"/hash": hashed, "/parse": parsed, "/index": looked_up,
+                 "/inflight": updated}[header(":path")]
         answer, in_c = route(body)
         self.send_local_response(200, answer, [("x-answered-by", "c" if in_c else "python")],
                                  "answered")
