@@ -555,14 +555,8 @@ static void drop_holders(holder_t *h, Py_ssize_t n) {
     PyMem_Free(h);
 }
 
-/* The live holders of `block_hash` (a 16-digit hex str), latest first, into
-   *out (PyMem_Malloc'd, *count of them; NULL when none). -1 on error. */
-static int live_holders(lookup_t *l, PyObject *block_hash, holder_t **out, Py_ssize_t *count) {
-    *out = NULL;
-    *count = 0;
-    Py_ssize_t hash_len;
-    const char *hash = PyUnicode_AsUTF8AndSize(block_hash, &hash_len);
-    if (hash == NULL) return -1;
+/* The slot number of a block hash (16 hex digits) as text: hash mod capacity. */
+static int slot_of(const char *hash, Py_ssize_t hash_len, uint64_t capacity, char slot[24]) {
     uint64_t h = 0;
     for (Py_ssize_t i = 0; i < hash_len; i++) {
         char c = hash[i];
@@ -573,28 +567,36 @@ static int live_holders(lookup_t *l, PyObject *block_hash, holder_t **out, Py_ss
         }
         h = h << 4 | (uint64_t)d;
     }
-    char slot[24];
-    int slot_len = snprintf(slot, sizeof slot, "%llu", (unsigned long long)(h % l->capacity));
-    char *raw;
-    size_t raw_len;
-    if (read_shared(l->slot_prefix, l->slot_prefix_len, slot, (size_t)slot_len, &raw, &raw_len) < 0)
-        return -1;
-    if (raw == NULL) return 0;
-    /* "<hash>( <address> <expiry> <stamp>)*", split on single spaces */
+    return snprintf(slot, 24, "%llu", (unsigned long long)(h % capacity));
+}
+
+typedef struct {
+    const char *address, *text; /* text: "<address> <expiry> <stamp>" as stored */
+    size_t address_len, text_len;
+    int64_t expiry, stamp;
+} entry_t;
+
+/* The entries a slot's value `raw` holds for `hash` ("<hash>( <address>
+   <expiry> <stamp>)*", split on single spaces), into *out (PyMem_Malloc'd,
+   *n of them): none when the slot holds another block now or is not of this
+   layout. -1 with ValueError for a field that is not an integer. */
+static int slot_entries(const char *raw, size_t raw_len, const char *hash, Py_ssize_t hash_len,
+                        entry_t **out, size_t *n) {
+    *out = NULL;
+    *n = 0;
     size_t fields = 1;
     for (size_t i = 0; i < raw_len; i++) fields += raw[i] == ' ';
     const char *first_end = memchr(raw, ' ', raw_len);
     size_t first_len = first_end ? (size_t)(first_end - raw) : raw_len;
-    if (first_len != (size_t)hash_len || memcmp(raw, hash, first_len) != 0 || fields % 3 != 1) {
-        free(raw);
-        return 0; /* another block's slot now, or not an entry of this layout */
+    if (first_len != (size_t)hash_len || memcmp(raw, hash, first_len) != 0 || fields % 3 != 1)
+        return 0;
+    entry_t *entries = PyMem_Malloc(sizeof *entries * (fields / 3 + 1));
+    if (entries == NULL) {
+        PyErr_NoMemory();
+        return -1;
     }
-    holder_t *live = PyMem_Malloc(sizeof *live * (fields / 3 + 1));
-    Py_ssize_t n = 0;
     const char *p = raw + first_len + 1, *end = raw + raw_len;
-    int failed = live == NULL;
-    if (failed) PyErr_NoMemory();
-    for (size_t e = 0; !failed && e < fields / 3; e++) {
+    for (size_t e = 0; e < fields / 3; e++) {
         const char *part[3];
         size_t len[3];
         for (int k = 0; k < 3; k++) {
@@ -604,20 +606,53 @@ static int live_holders(lookup_t *l, PyObject *block_hash, holder_t **out, Py_ss
             len[k] = (size_t)(stop - p);
             p = stop + 1;
         }
-        int64_t expiry, stamp;
-        if (parse_int(part[1], len[1], &expiry) < 0 || parse_int(part[2], len[2], &stamp) < 0) {
-            failed = 1;
-            break;
+        entry_t *entry = &entries[e];
+        *entry = (entry_t){part[0], part[0], len[0], (size_t)(part[2] + len[2] - part[0]), 0, 0};
+        if (parse_int(part[1], len[1], &entry->expiry) < 0 ||
+            parse_int(part[2], len[2], &entry->stamp) < 0) {
+            PyMem_Free(entries);
+            return -1;
         }
-        if (expiry <= l->now_s) continue;
-        PyObject *address = PyUnicode_DecodeUTF8(part[0], (Py_ssize_t)len[0], NULL);
+    }
+    *out = entries;
+    *n = fields / 3;
+    return 0;
+}
+
+/* The live holders of `block_hash` (a 16-digit hex str), latest first, into
+   *out (PyMem_Malloc'd, *count of them; NULL when none). -1 on error. */
+static int live_holders(lookup_t *l, PyObject *block_hash, holder_t **out, Py_ssize_t *count) {
+    *out = NULL;
+    *count = 0;
+    Py_ssize_t hash_len;
+    const char *hash = PyUnicode_AsUTF8AndSize(block_hash, &hash_len);
+    char slot[24];
+    int slot_len = hash ? slot_of(hash, hash_len, l->capacity, slot) : -1;
+    char *raw;
+    size_t raw_len, n_entries;
+    entry_t *entries;
+    if (slot_len < 0 ||
+        read_shared(l->slot_prefix, l->slot_prefix_len, slot, (size_t)slot_len, &raw, &raw_len) < 0)
+        return -1;
+    if (raw == NULL) return 0;
+    int failed = slot_entries(raw, raw_len, hash, hash_len, &entries, &n_entries) < 0;
+    holder_t *live = failed || n_entries == 0 ? NULL : PyMem_Malloc(sizeof *live * n_entries);
+    if (!failed && n_entries && live == NULL) {
+        PyErr_NoMemory();
+        failed = 1;
+    }
+    Py_ssize_t n = 0;
+    for (size_t e = 0; !failed && e < n_entries; e++) {
+        if (entries[e].expiry <= l->now_s) continue;
+        PyObject *address = PyUnicode_DecodeUTF8(entries[e].address,
+                                                 (Py_ssize_t)entries[e].address_len, NULL);
         PyObject *pair = address ? known_of(l, address) : NULL;
         if (pair == NULL) {
             Py_XDECREF(address);
             failed = 1;
             break;
         }
-        int64_t age = PyLong_AsLongLong(PyTuple_GET_ITEM(pair, 0)) - stamp;
+        int64_t age = PyLong_AsLongLong(PyTuple_GET_ITEM(pair, 0)) - entries[e].stamp;
         long long size = PyLong_AsLongLong(PyTuple_GET_ITEM(pair, 1));
         Py_DECREF(pair);
         if (PyErr_Occurred()) {
@@ -626,11 +661,12 @@ static int live_holders(lookup_t *l, PyObject *block_hash, holder_t **out, Py_ss
             break;
         }
         if (size <= 0 || age < size) {
-            live[n++] = (holder_t){address, expiry, age};
+            live[n++] = (holder_t){address, entries[e].expiry, age};
         } else {
             Py_DECREF(address);
         }
     }
+    PyMem_Free(entries);
     free(raw);
     if (failed) {
         if (live) drop_holders(live, n);
@@ -927,6 +963,84 @@ static int text_int(text_t *t, int64_t v) {
     return text_put(t, digits, (size_t)n);
 }
 
+/* prefix_record(slot_prefix, capacity, hashes, held, address, expiry, stamp,
+                 now_s, holders) -> None
+   EmbeddedPrefixIndex.reference_write_blocks: from block `held` on, each block's
+   slot becomes "<hash> <address> <expiry> <stamp>" followed by up to
+   holders - 1 other live holders it had, as stored. */
+static PyObject *prefix_record(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "prefix_record takes 9 arguments");
+        return NULL;
+    }
+    char *prefix;
+    Py_ssize_t prefix_len, address_len;
+    if (PyBytes_AsStringAndSize(args[0], &prefix, &prefix_len) < 0) return NULL;
+    uint64_t capacity = PyLong_AsUnsignedLongLong(args[1]);
+    Py_ssize_t held = PyLong_AsSsize_t(args[3]);
+    const char *address = PyUnicode_AsUTF8AndSize(args[4], &address_len);
+    long long expiry = PyLong_AsLongLong(args[5]), stamp = PyLong_AsLongLong(args[6]);
+    long long now_s = PyLong_AsLongLong(args[7]);
+    long holders = PyLong_AsLong(args[8]);
+    if (address == NULL || PyErr_Occurred()) return NULL;
+    if (capacity == 0 || !PyList_Check(args[2])) {
+        PyErr_SetString(PyExc_ValueError, "capacity must be positive, hashes a list");
+        return NULL;
+    }
+    char mine[96];
+    int mine_len = snprintf(mine, sizeof mine, " %.*s %lld %lld", (int)address_len, address,
+                            expiry, stamp);
+    if (mine_len < 0 || mine_len >= (int)sizeof mine) {
+        PyErr_SetString(PyExc_ValueError, "address too long");
+        return NULL;
+    }
+    text_t key = {0}, value = {0};
+    for (Py_ssize_t i = held < 0 ? 0 : held; i < PyList_GET_SIZE(args[2]); i++) {
+        Py_ssize_t hash_len;
+        const char *hash = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(args[2], i), &hash_len);
+        char slot[24];
+        int slot_len = hash ? slot_of(hash, hash_len, capacity, slot) : -1;
+        char *raw;
+        size_t raw_len, n = 0;
+        entry_t *entries = NULL;
+        if (slot_len < 0 ||
+            read_shared(prefix, (size_t)prefix_len, slot, (size_t)slot_len, &raw, &raw_len) < 0)
+            goto failed;
+        int bad = raw != NULL && slot_entries(raw, raw_len, hash, hash_len, &entries, &n) < 0;
+        value.len = key.len = 0;
+        bad = bad || text_put(&value, hash, (size_t)hash_len) < 0 ||
+              text_put(&value, mine, (size_t)mine_len) < 0;
+        long kept = 0;
+        for (size_t e = 0; !bad && e < n && kept < holders - 1; e++) {
+            if ((entries[e].address_len == (size_t)address_len &&
+                 memcmp(entries[e].address, address, (size_t)address_len) == 0) ||
+                entries[e].expiry <= now_s)
+                continue;
+            bad = text_put(&value, " ", 1) < 0 ||
+                  text_put(&value, entries[e].text, entries[e].text_len) < 0;
+            kept++;
+        }
+        PyMem_Free(entries);
+        free(raw);
+        if (bad || text_put(&key, prefix, (size_t)prefix_len) < 0 ||
+            text_put(&key, slot, (size_t)slot_len) < 0)
+            goto failed;
+        uint32_t status = proxy_set_shared_data(key.data, key.len, value.data, value.len, 0);
+        if (status != 0) {
+            PyErr_Format(PyExc_RuntimeError, "proxy_set_shared_data: status %u", status);
+            goto failed;
+        }
+    }
+    PyMem_Free(key.data);
+    PyMem_Free(value.data);
+    Py_RETURN_NONE;
+failed:
+    PyMem_Free(key.data);
+    PyMem_Free(value.data);
+    return NULL;
+}
+
 /* The line of this VM: "<vm> <until>( <address> <requests> <work>)*". */
 static int put_mine(text_t *t, const char *vm, size_t vm_len, int64_t until, const mine_t *m) {
     if ((t->len && text_put(t, "\n", 1) < 0) || text_put(t, vm, vm_len) < 0 ||
@@ -1098,6 +1212,9 @@ static PyMethodDef fast_methods[] = {
     {"prefix_matches", (PyCFunction)(void (*)(void))prefix_matches, METH_FASTCALL,
      "prefix_matches(slot_prefix, capacity, clock_prefix, hashes, now_s, ttl_s, capacity_of)"
      " -> (matched, aging): EmbeddedPrefixIndex.matches"},
+    {"prefix_record", (PyCFunction)(void (*)(void))prefix_record, METH_FASTCALL,
+     "prefix_record(slot_prefix, capacity, hashes, held, address, expiry, stamp, now_s, holders)"
+     ": EmbeddedPrefixIndex.reference_write_blocks"},
     {"inflight_update", (PyCFunction)(void (*)(void))inflight_update, METH_FASTCALL,
      "inflight_update(key, vm_id, now_ms, lease_ms, unreleased, choose, tries)"
      " -> (written, pick): embedded_inflight.update"},

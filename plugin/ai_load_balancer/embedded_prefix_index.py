@@ -29,10 +29,10 @@ from proxywasm import hostcalls
 
 from .shared_record import GaveUp, SharedRecord
 
-try:  # in the VM: the same lookup, with its shared-data reads, in C (host_shim/fast.c)
-    from _ailb_fast import prefix_matches
-except ImportError:  # natively: reference_matches
-    prefix_matches = None
+try:  # in the VM: the same lookup and writes, with their shared data, in C (host_shim/fast.c)
+    from _ailb_fast import prefix_matches, prefix_record
+except ImportError:  # natively: reference_matches, reference_write_blocks
+    prefix_matches = prefix_record = None
 
 HOLDERS = 3
 
@@ -146,6 +146,16 @@ class EmbeddedPrefixIndex:
         except GaveUp:
             stamp = self._clock(address)
         expiry = now_s + self.ttl_s
+        if prefix_record is None:
+            self.reference_write_blocks(hashes, held, address, expiry, stamp, now_s)
+        else:
+            prefix_record(f"ailb:pc:{self.namespace}:".encode(), self.capacity, hashes, held,
+                          address, expiry, stamp, now_s, HOLDERS)
+
+    def reference_write_blocks(self, hashes, held, address, expiry, stamp, now_s):
+        """Each block from `held` on is held by `address` first, then by up to
+        HOLDERS - 1 other live holders it had. The C version (prefix_record)
+        must do the same."""
         for block_hash in hashes[held:]:
             slot = self._slot(block_hash)
             value, _ = hostcalls.get_shared_data(slot)

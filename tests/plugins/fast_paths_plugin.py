@@ -10,13 +10,14 @@ local 200.
           (latin-1 text of the prompt bytes)} or {"error": the
           NotAnLLMRequest message}; x-answered-by "c" when the C reader
           answered, else "python"
-  /index  EmbeddedPrefixIndex.matches against its reference_matches: the body
-          is JSON {"namespace", "capacity", "ttl_s", "sizes": {address:
-          blocks}, "records": [[hashes, address, now_s, held]], "queries":
-          [[hashes, now_s]]}; the records are written, then each query is
-          answered by both; the answer is JSON [[matched, aging] of
-          matches(), the same of reference_matches()] per query, x-answered-by
-          "c" when matches() ran in C
+  /index  EmbeddedPrefixIndex against its references: the body is JSON
+          {"namespace", "capacity", "ttl_s", "sizes": {address: blocks},
+          "records": [[hashes, address, now_s, held]], "queries": [[hashes,
+          now_s]]}; the records are written by record() and, into another
+          namespace, by the reference's writes (the answer is {"differ": slot}
+          when a slot differs), then each query is answered by both
+          matches() and reference_matches(): JSON [[matched, aging] of each]
+          per query; x-answered-by "c" when record() and matches() ran in C
   /inflight embedded_inflight's update in C against its reference: the body is
           JSON {"record": text, "steps": [{"vm", "now", "lease", "unreleased",
           "choose": null | "none" | "raise" | [address, work]}]}; both run
@@ -58,11 +59,22 @@ def parsed(body):
 def looked_up(body):
     spec = json.loads(body)
     sizes = spec["sizes"]
-    index = embedded_prefix_index.EmbeddedPrefixIndex(
-        spec["namespace"], spec["capacity"], spec["ttl_s"], LogLimiter(),
-        lambda address: sizes.get(address, 0))
+    index, reference = (embedded_prefix_index.EmbeddedPrefixIndex(
+        spec["namespace"] + suffix, spec["capacity"], spec["ttl_s"], LogLimiter(),
+        lambda address: sizes.get(address, 0)) for suffix in ("", "-reference"))
+    in_c = embedded_prefix_index.prefix_record
     for hashes, address, now_s, held in spec["records"]:
         index.record(hashes, address, now_s, held)
+        embedded_prefix_index.prefix_record = None  # the reference's writes, in Python
+        try:
+            reference.record(hashes, address, now_s, held)
+        finally:
+            embedded_prefix_index.prefix_record = in_c
+    for slot in range(spec["capacity"]):
+        written = [hostcalls.get_shared_data(f"ailb:pc:{i.namespace}:{slot}")[0]
+                   for i in (index, reference)]
+        if written[0] != written[1]:
+            return json.dumps({"differ": slot, "written": [str(w) for w in written]}), in_c
 
     def plain(answer):
         matched, aging = answer
