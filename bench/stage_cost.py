@@ -1,6 +1,7 @@
 """Where one request's time goes in the plugin: per callback and per stage.
 
     .venv/bin/python bench/stage_cost.py [--requests 200] [--wasm PATH] [--out FILE]
+    .venv/bin/python bench/stage_cost.py --envoy [--requests 600] [--out FILE]
 
 Builds the plugin with bench/stage_probe.py as its entry (the plugin with a
 stopwatch on its callbacks, host calls and decision stages), unless --wasm
@@ -19,6 +20,13 @@ request:
                             are Python, far dearer than Envoy's)
 wasmtime is not V8: the absolute numbers are not Envoy's (bench/gateway_cost.py
 measures Envoy), the proportions are what this table is for.
+
+--envoy runs the same probe build in Envoy 1.40 (one worker) in front of
+bench/gateway_cost.py's replicas, one request at a time with
+bench/gateway_cost.py's bodies (half shared, half unique), and reads the
+probe's table from Envoy's log: there the host calls are Envoy's own, timed
+from inside the VM, and the time outside Python (V8 entering the module, the
+shim) is what bench/gateway_cost.py adds over this table.
 """
 
 import argparse
@@ -33,7 +41,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, os.path.join(ROOT, "plugin"), HERE]
 
+import envoy_harness as harness  # noqa: E402
 from plugin_cost import body_of  # noqa: E402
+from routing_quality import chat_body  # noqa: E402
 from tests.host.emulator import HostEmulator  # noqa: E402
 from tests.host.native import NativePlugin  # noqa: E402
 from tests.host.wasm import WasmPlugin  # noqa: E402
@@ -125,19 +135,87 @@ def table(case, native, wasm):
     return "\n".join(lines)
 
 
+def envoy_reports(envoy):
+    """{streams: table} of the probe's reports in Envoy's log."""
+    reports = {}
+    for line in envoy.log().splitlines():
+        _, found, rest = line.partition("stage-probe ")
+        if found and rest[:1].isdigit():
+            count, _, table_text = rest.partition(" ")
+            reports[int(count)] = json.loads(table_text)
+    return reports
+
+
+def measure_envoy(policy, size, requests, wasm, endpoints, workdir):
+    """{name: (µs per request, calls per request, µs without host calls)} of the
+    probe in Envoy, over `requests` after REPORT_EVERY of warm-up."""
+    config = harness.EnvoyConfig.simple(
+        endpoints, wasm_path=wasm, concurrency=1, fallback_policy="least_request",
+        plugin_config=harness.plugin_config(policy, endpoints))
+    with harness.Envoy(config, os.path.join(workdir, f"{policy}-{size}")) as envoy:
+        client = harness.Client(envoy.port)
+        for i in range(REPORT_EVERY + requests):
+            if size:
+                client.post("/v1/chat/completions", chat_body(size, i),
+                            {"content-type": "application/json"})
+            else:
+                client.request("GET", "/v1/models")
+        client.close()
+        deadline = time.monotonic() + 10
+        while (reports := envoy_reports(envoy)).get(REPORT_EVERY + requests) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no probe report in {envoy.log_path}")
+            time.sleep(0.1)
+    before, after = reports[REPORT_EVERY], reports[REPORT_EVERY + requests]
+    zero = [0, 0, 0]
+    return {name: ((ns - before.get(name, zero)[1]) / requests / 1000,
+                   (calls - before.get(name, zero)[0]) / requests,
+                   (own - before.get(name, zero)[2]) / requests / 1000)
+            for name, (calls, ns, own) in after.items()}
+
+
+def envoy_table(case, probe):
+    policy, size = case
+    lines = [f"### {policy}, body {f'{size // 1024} KB' if size else 'none'}, in Envoy", "",
+             "| part | calls/request | µs/request | without host calls |", "|---|---:|---:|---:|"]
+    callbacks = [n for n in probe if n.startswith("callback.")]
+    total = sum(probe[n][0] for n in callbacks)
+    lines.append(f"| **all callbacks, inside Python** | | **{total:.1f}** | "
+                 f"{sum(probe[n][2] for n in callbacks):.1f} |")
+    for name in sorted(probe, key=lambda n: (not n.startswith("callback."), -probe[n][0])):
+        us, calls, own = probe[name]
+        if calls:
+            lines.append(f"| {name} | {calls:g} | {us:.1f} | "
+                         f"{'' if name.startswith('host.') else f'{own:.1f}'} |")
+    return "\n".join(lines)
+
+
+def main_envoy(args, wasm):
+    from gateway_cost import replica_process
+    results, text = [], []
+    with replica_process(4) as replicas, tempfile.TemporaryDirectory() as workdir:
+        for case in CASES:
+            probe = measure_envoy(*case, args.requests, wasm, replicas.endpoints, workdir)
+            results.append({"policy": case[0], "body": case[1], "envoy": probe})
+            text.append(envoy_table(case, probe))
+            print(text[-1] + "\n", flush=True)
+    return results, text
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200,
                         help=f"per case, a multiple of {REPORT_EVERY}")
     parser.add_argument("--wasm", help="a stage_probe build (default: build one)")
     parser.add_argument("--out", help="also write the tables and raw numbers here (.md, .json)")
+    parser.add_argument("--envoy", action="store_true", help="measure in Envoy instead")
     args = parser.parse_args()
     if args.requests % REPORT_EVERY:
         parser.error(f"--requests must be a multiple of {REPORT_EVERY}")
     with tempfile.TemporaryDirectory() as tmp:
         wasm = args.wasm or build_probe(tmp)
-        results, text = [], []
-        for case in CASES:
+        results, text = main_envoy(args, wasm) if args.envoy else ([], [])
+        for case in CASES if not args.envoy else ():
             native = measure("native", *case, args.requests, wasm)
             measured = measure("wasm", *case, args.requests, wasm)
             results.append({"policy": case[0], "body": case[1], "native": native,

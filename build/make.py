@@ -32,7 +32,7 @@ ENTRY_MODULE = "ai_load_balancer.main"
 # Imported by CPython itself at start (the filesystem and stdio encodings) or by
 # the dispatcher that every callback enters through.
 ALWAYS_EMBEDDED = ["encodings", "encodings.aliases", "encodings.utf_8", "encodings.ascii",
-                   "encodings.latin_1", "proxywasm.dispatcher"]
+                   "encodings.latin_1", "proxywasm.dispatcher", "lazy_stdlib"]
 # CPython's C stack inside the VM: deep enough for the json decoder at its
 # recursion limit; pages never touched cost no memory.
 STACK_SIZE = 4 * 1024 * 1024
@@ -116,10 +116,12 @@ def build(target, entry, name, out_dir, work_dir, opt, extra_path=()):
     write_if_changed(os.path.join(gen_dir, "shim_gen.c"),
                      gen_shim.source(host_functions, callbacks, marker))
 
-    search_path = [*extra_path, PLUGIN_DIR, freeze.find_stdlib(py)]
+    stdlib = freeze.find_stdlib(py)
+    search_path = [*extra_path, PLUGIN_DIR, stdlib]
     modules = freeze.collect([entry, *ALWAYS_EMBEDDED], search_path,
                              gen_shim.builtin_module_names())
-    write_if_changed(os.path.join(gen_dir, "frozen_gen.c"), freeze.frozen_c(modules, search_path))
+    write_if_changed(os.path.join(gen_dir, "frozen_gen.c"),
+                     freeze.frozen_c(modules, search_path, stdlib))
 
     includes = [os.path.join(ROOT, "host_shim"), gen_dir, os.path.join(py, "include", "python3.11")]
     objects = []

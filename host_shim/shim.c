@@ -103,6 +103,9 @@ static int shim_start_python(void) {
         return -1;
     }
 
+    PyObject *lazy = PyImport_ImportModule("lazy_stdlib");
+    if (lazy == NULL) goto fail;
+    Py_DECREF(lazy);
     PyObject *entry = PyImport_ImportModule(SHIM_ENTRY_MODULE);
     if (entry == NULL) goto fail;
     Py_DECREF(entry);

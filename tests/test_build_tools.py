@@ -111,10 +111,24 @@ def test_frozen_code_names_files_relative_to_their_root(tmp_path):
 def test_frozen_table_lists_every_module_with_its_package_flag(tmp_path):
     root = _tree(tmp_path, {"pkg/__init__.py": "", "pkg/mod.py": "X = 1\n"})
     found = freeze.collect(["pkg.mod"], [root], builtins=set())
-    text = freeze.frozen_c(found, [root])
+    text = freeze.frozen_c(found, [root], stdlib="/nowhere")
     assert '{"pkg", m0, ' in text and ', 1, NULL},' in text
     assert '{"pkg.mod", m1, ' in text
     assert text.rstrip().endswith("};")
+
+
+def test_the_plugin_keeps_its_docstrings_the_standard_library_not(tmp_path):
+    """A dataclass without a docstring has its __doc__ built by inspect at
+    start: the plugin's docstrings stay."""
+    source = '"""Doc."""\nassert False\n'
+    plugin = _tree(tmp_path / "plugin", {"mine.py": source})
+    stdlib = _tree(tmp_path / "stdlib", {"theirs.py": source})
+    found = freeze.collect(["mine", "theirs"], [plugin, stdlib], builtins=set())
+    text = freeze.frozen_c(found, [plugin, stdlib], stdlib)
+    mine, theirs = (text.split(f'static const unsigned char m{i}[')[1].split(";")[0]
+                    for i in (0, 1))
+    assert "\\x44\\x6f\\x63\\x2e" in mine  # "Doc." kept
+    assert "\\x44\\x6f\\x63\\x2e" not in theirs
 
 
 def test_this_python_writes_the_wasm_bytecode():

@@ -26,6 +26,8 @@ _WEIGHT = Field("weight", "int", None, (), "a service's share of the keys, in sl
 
 @dataclass(frozen=True, slots=True)
 class ClusterHashConfig:
+    """lb_type cluster, cluster_hash: the services' hash slots and the headers."""
+
     hash_header: str       # request header holding the key, lower-case
     header: str            # request header receiving the choice, lower-case
     slots: tuple           # SLOTS cluster names, each repeated by its weight, in list order

@@ -35,6 +35,8 @@ MODES = BY_NAME["mode"].choices            # LeastBusy, LeastTotalLatency, Least
 
 @dataclass(frozen=True, slots=True)
 class ClusterMetricsConfig:
+    """lb_type cluster, cluster_metrics: how a backend service is chosen."""
+
     mode: str              # one of MODES
     services: tuple        # Envoy cluster names, in configuration order, no duplicates
     header: str            # request header receiving the choice, lower-case

@@ -24,6 +24,8 @@ _STATUS = Field("status", "int", 429, (), "an HTTP status", low=100, high=599)
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
+    """Where the shared state lives in Redis (Higress), and how to reach it."""
+
     cluster: str           # Envoy cluster of the Redis service (Higress naming)
     username: str
     password: str = dataclasses.field(repr=False)  # never logged, nor in a repr
@@ -70,6 +72,8 @@ class LBConfig:
 
 @dataclass(frozen=True, slots=True)
 class HealthConfig:
+    """Active and passive health checks of the replicas."""
+
     active: bool
     cluster: str                           # Envoy cluster for probes ("": the routed one)
     path: str
@@ -85,6 +89,8 @@ class HealthConfig:
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
+    """least_busy: which scraped metrics decide, and how."""
+
     critical_models: frozenset = frozenset()  # empty: every request is critical
     metric_policy: str = "default"
     target_metric: str = ""

@@ -35,6 +35,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Field:
+    """One lb_config field: its kind, default and the policies that read it."""
+
     name: str
     kind: str              # int | number | bool | string | strings | object | map | list
     default: object

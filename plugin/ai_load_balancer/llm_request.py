@@ -16,6 +16,8 @@ except ImportError:  # natively: always the Python parser below
 
 @dataclass(frozen=True, slots=True)
 class LLMRequest:
+    """What routing needs from an LLM request body."""
+
     model: str
     # The prompt as the replica's KV cache sees it: earlier turns first, so a
     # conversation's next request extends the previous one's prompt.

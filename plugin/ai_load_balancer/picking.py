@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Pick:
+    """A policy's choice of replica, and why."""
+
     address: str
     inflight: int        # the replica's in-flight count before this request
     matched_blocks: int  # prefix blocks it already holds (0: no prefix match)

@@ -38,6 +38,8 @@ class Inputs:
 
 @dataclass(frozen=True, slots=True)
 class Profile:
+    """The filters, weighted scorers and picker a policy runs, by name."""
+
     filters: tuple = ()          # names, applied in order
     scorers: tuple = ()          # ((name, weight), ...)
     picker: str = "max_score"

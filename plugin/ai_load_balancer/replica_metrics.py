@@ -47,6 +47,8 @@ _NONE = frozenset()
 
 @dataclass(frozen=True, slots=True)
 class ReplicaMetrics:
+    """One replica's scraped serving metrics."""
+
     waiting: float                   # requests queued, not yet scheduled
     running: float                   # requests being decoded
     kv_cache_usage: float            # 0..1

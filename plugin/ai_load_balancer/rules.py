@@ -30,6 +30,8 @@ IGNORED_KEYS = ("_plugin_id_",)  # added by some control planes; wasm-go drops i
 
 @dataclass(frozen=True, slots=True)
 class Rule:
+    """One _rules_ entry: what it matches, and its configuration."""
+
     name: str               # "_rules_[0]", for messages
     category: str           # route | route_and_service | domain | service | route_prefix
     routes: frozenset
@@ -41,6 +43,8 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class PluginConfig:
+    """The default configuration and the rules, as Higress delivers them."""
+
     default: object         # LBConfig, or None: only the rules apply
     rules: tuple            # Rule, in match order
 

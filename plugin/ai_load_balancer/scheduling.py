@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
+    """A replica as least_busy's filters and scorers see it."""
+
     address: str
     metrics: object          # replica_metrics.ReplicaMetrics
     prefix_blocks: int = 0   # leading prompt blocks this replica holds
@@ -17,12 +19,16 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class SchedRequest:
+    """The request as least_busy's filters see it."""
+
     model: str               # the model or LoRA adapter the request names
     critical: bool
 
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
+    """least_busy's filter thresholds (GIE's names)."""
+
     queue_critical: int = 5      # GIE queueThresholdCritical
     queue_lora: int = 50         # GIE queueingThresholdLoRA
     kv_cache: float = 0.8        # GIE kvCacheThreshold

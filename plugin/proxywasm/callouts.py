@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 @dataclass(slots=True)
 class Callout:
+    """An HTTP or Redis call awaiting its answer."""
+
     context: object            # the context that made the call
     callback: object           # runs with the answer
     stream: object = None      # the HttpContext waiting on the answer, if any
