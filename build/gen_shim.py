@@ -22,7 +22,7 @@ CORE_BUILTINS = (
 # Set up by CPython itself rather than through PyInit_<name>.
 SPECIAL_BUILTINS = (
     ("marshal", "PyMarshal_Init"), ("_imp", "PyInit__imp"), ("_ast", "PyInit__ast"),
-    ("_tokenize", "PyInit__tokenize"), ("_warnings", "_PyWarnings_Init"),
+    ("_warnings", "_PyWarnings_Init"),
     ("builtins", None), ("sys", None),
 )
 # The shim's own builtin modules: the generated host-function wrappers, and

@@ -26,13 +26,14 @@ sys.path.insert(0, PLUGIN_DIR)
 
 import freeze  # noqa: E402
 import gen_shim  # noqa: E402
+import precompile  # noqa: E402
 from proxywasm import abi_table  # noqa: E402
 
 ENTRY_MODULE = "ai_load_balancer.main"
 # Imported by CPython itself at start (the filesystem and stdio encodings) or by
 # the dispatcher that every callback enters through.
 ALWAYS_EMBEDDED = ["encodings", "encodings.aliases", "encodings.utf_8", "encodings.ascii",
-                   "encodings.latin_1", "proxywasm.dispatcher", "lazy_stdlib"]
+                   "encodings.latin_1", "proxywasm.dispatcher", "precompiled_exec", "lazy_stdlib"]
 # CPython's C stack inside the VM: deep enough for the json decoder at its
 # recursion limit; pages never touched cost no memory.
 STACK_SIZE = 4 * 1024 * 1024
@@ -120,6 +121,11 @@ def build(target, entry, name, out_dir, work_dir, opt, extra_path=()):
     search_path = [*extra_path, PLUGIN_DIR, stdlib]
     modules = freeze.collect([entry, *ALWAYS_EMBEDDED], search_path,
                              gen_shim.builtin_module_names())
+    # The source those modules compile at import, compiled now: the VM has no compiler.
+    compiled = os.path.join(gen_dir, precompile.MODULE + ".py")
+    write_if_changed(compiled, precompile.module_source(precompile.record(search_path, modules)))
+    modules[precompile.MODULE] = (compiled, False)
+    search_path.append(gen_dir)
     write_if_changed(os.path.join(gen_dir, "frozen_gen.c"),
                      freeze.frozen_c(modules, search_path, stdlib))
 
@@ -127,6 +133,7 @@ def build(target, entry, name, out_dir, work_dir, opt, extra_path=()):
     objects = []
     for source in (os.path.join(ROOT, "host_shim", "shim.c"),
                    os.path.join(ROOT, "host_shim", "fast.c"),
+                   os.path.join(ROOT, "host_shim", "no_compiler.c"),
                    os.path.join(gen_dir, "shim_gen.c"), os.path.join(gen_dir, "frozen_gen.c")):
         obj = os.path.join(gen_dir, os.path.basename(source)[:-2] + ".o")
         compile_c(cc, source, obj, includes, opt)

@@ -103,9 +103,14 @@ static int shim_start_python(void) {
         return -1;
     }
 
-    PyObject *lazy = PyImport_ImportModule("lazy_stdlib");
-    if (lazy == NULL) goto fail;
-    Py_DECREF(lazy);
+    /* First the builtins that run build-time bytecode instead of compiling
+       (precompiled_exec.py), and the deferral of unused modules (lazy_stdlib.py). */
+    static const char *const first[] = {"precompiled_exec", "lazy_stdlib"};
+    for (size_t i = 0; i < sizeof first / sizeof first[0]; i++) {
+        PyObject *module = PyImport_ImportModule(first[i]);
+        if (module == NULL) goto fail;
+        Py_DECREF(module);
+    }
     PyObject *entry = PyImport_ImportModule(SHIM_ENTRY_MODULE);
     if (entry == NULL) goto fail;
     Py_DECREF(entry);

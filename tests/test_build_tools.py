@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.join(ROOT, "build"))
 
 import freeze  # noqa: E402
 import gen_shim  # noqa: E402
+import precompile  # noqa: E402
 from proxywasm import abi_table  # noqa: E402
 
 HIGRESS_ONLY = ("proxy_get_upstream_hosts", "proxy_set_upstream_override_host",
@@ -129,6 +130,25 @@ def test_the_plugin_keeps_its_docstrings_the_standard_library_not(tmp_path):
                     for i in (0, 1))
     assert "\\x44\\x6f\\x63\\x2e" in mine  # "Doc." kept
     assert "\\x44\\x6f\\x63\\x2e" not in theirs
+
+
+def test_the_source_modules_compile_at_import_is_compiled_by_the_build(tmp_path):
+    """What a dataclass and a namedtuple compile when their module is imported
+    is found, compiled, and looked up by the key the VM computes."""
+    root = _tree(tmp_path, {"shapes.py": (
+        "import collections, dataclasses\n"
+        "@dataclasses.dataclass(frozen=True)\n"
+        "class Point:\n    x: int\n"
+        "Pair = collections.namedtuple('Pair', 'left right')\n")})
+    compiled = precompile.record([root], ["shapes"])
+    sources = [source for source, _, _, _ in compiled]
+    assert any("def __init__(self" in s and "_type_x" in s for s in sources)
+    assert "lambda _cls, left, right: _tuple_new(_cls, (left, right))" in sources
+    namespace = {}
+    exec(precompile.module_source(compiled), namespace)
+    for item in compiled:
+        code = marshal.loads(namespace["DATA"][precompile.key(*item)])
+        assert code.co_filename == item[1]
 
 
 def test_this_python_writes_the_wasm_bytecode():
