@@ -43,18 +43,18 @@ def _caller_namespaces(globals, locals):
     return globals, locals
 
 
-def exec(source, globals=None, locals=None, /, **kwargs):  # noqa: A001 (the builtin's name)
+def exec(source, globals=None, locals=None, /, **kwargs):  # the builtin it stands in for
     globals, locals = _caller_namespaces(globals, locals)
     code = _precompiled(source, "<string>", "exec", 0) or source
     return _exec(code, globals, locals, **kwargs)
 
 
-def eval(source, globals=None, locals=None, /):  # noqa: A001
+def eval(source, globals=None, locals=None, /):
     globals, locals = _caller_namespaces(globals, locals)
     return _eval(_precompiled(source, "<string>", "eval", 0) or source, globals, locals)
 
 
-def compile(source, filename, mode, flags=0, dont_inherit=False, optimize=-1, **kwargs):  # noqa: A001
+def compile(source, filename, mode, flags=0, dont_inherit=False, optimize=-1, **kwargs):
     return (_precompiled(source, filename, mode, flags)
             or _compile(source, filename, mode, flags, dont_inherit, optimize, **kwargs))
 
