@@ -26,7 +26,7 @@ SPECIAL_BUILTINS = (
     ("builtins", None), ("sys", None),
 )
 # The shim's own builtin modules: the generated host-function wrappers, and
-# host_shim/fast.c's hot pure functions.
+# host_shim/fast*.c, the hot paths.
 SHIM_BUILTINS = ("_proxywasm_host", "_ailb_fast")
 
 
@@ -126,6 +126,8 @@ def source(host_functions, callbacks, abi_marker):
     parts.append('    {"enable_callback_once", '
                  '(PyCFunction)(void (*)(void))shim_enable_callback_once, '
                  'METH_FASTCALL, NULL},')
+    parts.append('    {"enable_callback_for", '
+                 '(PyCFunction)(void (*)(void))shim_enable_callback_for, METH_FASTCALL, NULL},')
     parts.append('    {"wait_for_body", (PyCFunction)(void (*)(void))shim_wait_for_body, '
                  'METH_FASTCALL, NULL},')
     parts += ["    {NULL, NULL, 0, NULL},", "};",

@@ -34,6 +34,8 @@ ENTRY_MODULE = "ai_load_balancer.main"
 # the dispatcher that every callback enters through.
 ALWAYS_EMBEDDED = ["encodings", "encodings.aliases", "encodings.utf_8", "encodings.ascii",
                    "encodings.latin_1", "proxywasm.dispatcher", "precompiled_exec", "lazy_stdlib"]
+# The `_ailb_fast` module's files (host_shim/fast.h).
+FAST_SOURCES = ("fast.c", "fast_hash.c", "fast_chat.c", "fast_index.c", "fast_inflight.c")
 # CPython's C stack inside the VM: deep enough for the json decoder at its
 # recursion limit; pages never touched cost no memory.
 STACK_SIZE = 4 * 1024 * 1024
@@ -132,7 +134,7 @@ def build(target, entry, name, out_dir, work_dir, opt, extra_path=()):
     includes = [os.path.join(ROOT, "host_shim"), gen_dir, os.path.join(py, "include", "python3.11")]
     objects = []
     for source in (os.path.join(ROOT, "host_shim", "shim.c"),
-                   os.path.join(ROOT, "host_shim", "fast.c"),
+                   *[os.path.join(ROOT, "host_shim", f) for f in FAST_SOURCES],
                    os.path.join(ROOT, "host_shim", "no_compiler.c"),
                    os.path.join(gen_dir, "shim_gen.c"), os.path.join(gen_dir, "frozen_gen.c")):
         obj = os.path.join(gen_dir, os.path.basename(source)[:-2] + ".o")

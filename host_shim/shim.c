@@ -168,9 +168,11 @@ PyObject *shim_enable_callback(PyObject *self, PyObject *name) {
     Py_RETURN_NONE;
 }
 
-/* One call of a callback left to the host, for one context: a short list,
-   (callback index, context id) pairs, scanned on that callback only. */
-typedef struct { int index; uint32_t context; } shim_once_t;
+/* Calls of a callback left to the host that enter Python for one context: a
+   short list of (callback index, context id, kept) entries, scanned on that
+   callback only; an entry not kept is used once, every entry goes when its
+   context is deleted. */
+typedef struct { int index; uint32_t context; int kept; } shim_once_t;
 static shim_once_t *shim_once;
 static int shim_once_count, shim_once_capacity;
 /* Pairs per callback: a callback with none (a streamed answer's chunks, while
@@ -178,10 +180,10 @@ static int shim_once_count, shim_once_capacity;
 static int shim_once_per_callback[SHIM_NUM_CALLBACKS];
 static PyObject *shim_once_callables[SHIM_NUM_CALLBACKS];
 
-PyObject *shim_enable_callback_once(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
+static PyObject *shim_add_once(PyObject *const *args, Py_ssize_t nargs, const char *what,
+                               int kept) {
     uint32_t context;
-    if (shim_arity("enable_callback_once", 2, nargs) || shim_u32(args[1], &context)) return NULL;
+    if (shim_arity(what, 2, nargs) || shim_u32(args[1], &context)) return NULL;
     const char *wanted = PyUnicode_AsUTF8(args[0]);
     int i = wanted == NULL ? -1 : shim_callback_index(wanted);
     if (i < 0 || shim_load_callable(&shim_once_callables[i], wanted) < 0) return NULL;
@@ -192,17 +194,31 @@ PyObject *shim_enable_callback_once(PyObject *self, PyObject *const *args, Py_ss
         shim_once = grown;
         shim_once_capacity = capacity;
     }
-    shim_once[shim_once_count++] = (shim_once_t){i, context};
+    shim_once[shim_once_count++] = (shim_once_t){i, context, kept};
     shim_once_per_callback[i]++;
     Py_RETURN_NONE;
 }
 
-/* Removes the pairs of `context` (of callback `index`, or of any when -1);
-   returns how many. */
+PyObject *shim_enable_callback_once(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    return shim_add_once(args, nargs, "enable_callback_once", 0);
+}
+
+PyObject *shim_enable_callback_for(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    return shim_add_once(args, nargs, "enable_callback_for", 1);
+}
+
+/* The entries of `context` for callback `index`: how many there are (those not
+   kept are used up). index -1: every entry of the context goes. */
 static int shim_once_take(int index, uint32_t context) {
     int taken = 0;
     for (int i = 0; i < shim_once_count;) {
-        if (shim_once[i].context == context && (index < 0 || shim_once[i].index == index)) {
+        if (shim_once[i].context == context && index >= 0 && shim_once[i].index == index &&
+            shim_once[i].kept) {
+            taken++;
+            i++;
+        } else if (shim_once[i].context == context && (index < 0 || shim_once[i].index == index)) {
             shim_once_per_callback[shim_once[i].index]--;
             shim_once[i] = shim_once[--shim_once_count];
             taken++;

@@ -30,6 +30,10 @@ PyObject *shim_enable_callback_once(PyObject *self, PyObject *const *args, Py_ss
    the body is at most `limit` bytes; the last one (or a larger body) enters
    Python. */
 PyObject *shim_wait_for_body(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+/* _proxywasm_host.enable_callback_for(name, context_id): every later call of the
+   callback `name` (left to the host) for that context enters Python, until the
+   context is deleted. */
+PyObject *shim_enable_callback_for(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 int shim_arity(const char *name, Py_ssize_t expected, Py_ssize_t got);
 int shim_u32(PyObject *obj, uint32_t *out);
 int shim_i32(PyObject *obj, int32_t *out);

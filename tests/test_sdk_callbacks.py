@@ -7,8 +7,9 @@ import json
 
 from proxywasm import CONTINUE
 
-ANSWERED_BY_HOST = ["proxy_on_response_headers", "proxy_on_response_body",
-                    "proxy_on_response_trailers", "proxy_on_done", "proxy_on_log"]
+ANSWERED_BY_HOST = ["proxy_on_request_body", "proxy_on_response_headers",
+                    "proxy_on_response_body", "proxy_on_response_trailers", "proxy_on_done",
+                    "proxy_on_log"]
 CHUNKS = [b"data: {\"n\": %d}\n\n" % i for i in range(5)]
 
 
@@ -46,7 +47,8 @@ def test_load_balancer_leaves_the_response_and_the_end_to_the_host(make_host):
 
 def test_an_overridden_response_body_still_runs_for_every_chunk(make_host):
     host = make_host(entry="chunk_plugin", configuration=b"")
-    assert answered_without_python(host, make_host) == ["proxy_on_response_headers",
+    assert answered_without_python(host, make_host) == ["proxy_on_request_body",
+                                                        "proxy_on_response_headers",
                                                         "proxy_on_response_trailers",
                                                         "proxy_on_done"]
     stream_answer(host)
@@ -91,4 +93,24 @@ def test_a_stream_waiting_for_its_body_enters_python_at_the_last_chunk(make_host
         assert actions == ([pause, pause, 0, 0] if limit == "250" else [pause] * 3 + [0])
         host.complete_http_context(cid)
         assert f"stream {cid}: body chunks={expected}" in host.logs_text(), host.logs_text()
+    assert host.get_error_logs() == [], host.logs_text()
+
+
+def test_request_body_enters_python_only_for_a_stream_paused_in_its_headers(make_host):
+    """on_request_body on demand: a stream that went on from its headers has its
+    body chunks answered by the host (Continue); one paused there has every
+    chunk enter Python from then on (the SDK default keeps it paused), and once
+    resumed they go on."""
+    host = make_host(entry="paused_body_plugin", configuration=b"")
+    assert "proxy_on_request_body" in answered_without_python(host, make_host)
+    chunk, pause = b"x" * 10, 1
+    for paused, expected, seen in ((False, [0, 0, 0, 0], 0), (True, [pause, 0, 0, 0], 4)):
+        cid = host.init_http_context()
+        headers = [(":method", "POST"), (":path", "/"), (":authority", "svc")]
+        host.call_on_request_headers(cid, headers + ([("x-pause", "1")] if paused else []),
+                                     False)
+        # The plugin resumes the stream at the second chunk (as a callout's answer would).
+        assert [host.call_on_request_body(cid, chunk, i == 3) for i in range(4)] == expected
+        host.complete_http_context(cid)
+        assert f"stream {cid}: body chunks={seen}" in host.logs_text(), host.logs_text()
     assert host.get_error_logs() == [], host.logs_text()

@@ -12,7 +12,7 @@ that dies (its VM trapped and was replaced) stops renewing its lease, and its
 counts stop counting. A release that loses its compare-and-swap race is kept
 and written with this VM's next change (a pick, a release, the tick's renewal).
 
-The update runs in C in the VM (host_shim/fast.c inflight_update, shared-data
+The update runs in C in the VM (host_shim/fast_inflight.c, shared-data
 reads and writes included); `update` below is its Python reference.
 """
 

@@ -29,7 +29,7 @@ from proxywasm import hostcalls
 
 from .shared_record import GaveUp, SharedRecord
 
-try:  # in the VM: the same lookup and writes, with their shared data, in C (host_shim/fast.c)
+try:  # in the VM: the same lookup and writes, with their shared data, in C (host_shim/fast_index.c)
     from _ailb_fast import prefix_matches, prefix_record
 except ImportError:  # natively: reference_matches, reference_write_blocks
     prefix_matches = prefix_record = None

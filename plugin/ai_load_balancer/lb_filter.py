@@ -38,7 +38,9 @@ class LoadBalancerStream(HttpContext):
     # uncounts the prompt work then (want_once: that stream's first chunk only).
     # The response headers and the end of a stream enter Python only for the
     # streams the plugin decided (want_once): one it leaves alone costs none.
-    on_demand = ("on_response_body", "on_response_headers", "on_log")
+    # The request body only for a stream paused in its headers (the dispatcher
+    # asks for it): waiting for the body, or for Redis.
+    on_demand = ("on_request_body", "on_response_body", "on_response_headers", "on_log")
 
     def __init__(self, context_id, root):
         super().__init__(context_id, root)

@@ -8,7 +8,7 @@ completions (`prompt` as a string, a list of strings, or token ids).
 import json
 from dataclasses import dataclass
 
-try:  # in the VM: the common chat body read in C without building it (host_shim/fast.c)
+try:  # in the VM: the common chat body read in C without building it (host_shim/fast_chat.c)
     from _ailb_fast import chat_prompt
 except ImportError:  # natively: always the Python parser below
     chat_prompt = None

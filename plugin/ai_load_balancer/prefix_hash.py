@@ -11,7 +11,7 @@ vLLM caches only full blocks too. Bytes rather than characters: 64 bytes are
 about 16 tokens for English and for CJK text alike.
 """
 
-try:  # in the VM: the same hashes, computed in C (host_shim/fast.c)
+try:  # in the VM: the same hashes, computed in C (host_shim/fast_hash.c)
     from _ailb_fast import chained_hashes
 except ImportError:  # natively: the reference below
     chained_hashes = None

@@ -64,6 +64,15 @@ def enable_callback(name):
         enable(name)
 
 
+def enable_callback_for(name, context_id):
+    """Makes the host enter Python for every later call of callback `name` (left
+    to the host) for context `context_id`, until it is deleted. A no-op where
+    every callback enters."""
+    enable = getattr(_host, "enable_callback_for", None)
+    if enable is not None:
+        enable(name, context_id)
+
+
 def wait_for_body(context_id, limit):
     """Makes the host answer the request body chunks of `context_id` that are
     not the last with StopIterationAndBuffer, without entering Python, while the

@@ -52,9 +52,11 @@ class Context:
 class HttpContext(Context):
     """One HTTP stream. Callbacks return an action (CONTINUE by default)."""
 
-    # Overridden methods among on_response_headers, on_response_body,
-    # on_response_trailers, on_done and on_log that the host should still answer by
-    # itself until dispatcher.enable(method) or want_once(method):
+    # Overridden methods among on_request_body, on_response_headers,
+    # on_response_body, on_response_trailers, on_done and on_log that the host
+    # should still answer by itself until dispatcher.enable(method), want_once or
+    # want_from_now (a stream paused in its request headers has its request body
+    # enter Python from then on: the default keeps it paused):
     # a plugin that needs them only for some configurations pays nothing otherwise.
     on_demand = ()
 
@@ -98,6 +100,11 @@ class HttpContext(Context):
         once, e.g. on_response_body for the first answer byte only: the other
         streams and this one's later chunks cost no Python call. Any callback."""
         abi.enable_callback_once(f"proxy_{method}", self.context_id)
+
+    def want_from_now(self, method):
+        """This stream's calls of `method` (one of `on_demand`) enter Python from
+        now until it ends. Any callback."""
+        abi.enable_callback_for(f"proxy_{method}", self.context_id)
 
     def wait_for_body(self, limit):
         """Promises that on_request_body answers PAUSE to every chunk that is not

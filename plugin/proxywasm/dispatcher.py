@@ -28,7 +28,8 @@ def set_root_context(factory):
 
 # Callbacks the host may answer with abi_table.RESULT_WITHOUT_PYTHON when the plugin
 # leaves these context methods at the SDK's default (which returns exactly that).
-_DEFAULTED = {"proxy_on_response_headers": "on_response_headers",
+_DEFAULTED = {"proxy_on_request_body": "on_request_body",
+              "proxy_on_response_headers": "on_response_headers",
               "proxy_on_response_body": "on_response_body",
               "proxy_on_response_trailers": "on_response_trailers",
               "proxy_on_done": "on_done", "proxy_on_log": "on_log"}
@@ -44,6 +45,19 @@ def handler(name):
     if method is not None and (not _overridden(method) or method in _on_demand()):
         return None
     return globals()[name]
+
+
+_body_answers = {}  # root factory -> whether the host answers request body chunks
+
+
+def _body_left_to_host():
+    """Whether the host answers request body chunks without entering Python
+    (Continue) unless asked: then a stream paused in its headers asks, since
+    its body must stay paused (or is what it waits for)."""
+    if _root_factory not in _body_answers:
+        _body_answers.clear()
+        _body_answers[_root_factory] = handler("proxy_on_request_body") is None
+    return _body_answers[_root_factory]
 
 
 def enable(method):
@@ -182,6 +196,8 @@ def _stream_call(context_id, method, *args):
         action = getattr(http, method)(*args)
         if method.startswith("on_request"):
             http.request_paused = action in _PAUSING
+            if http.request_paused and method == "on_request_headers" and _body_left_to_host():
+                http.want_from_now("on_request_body")  # it stays paused, or waits for it
         return action
     except BaseException as exc:
         _failed.add(context_id)

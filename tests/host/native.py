@@ -50,8 +50,10 @@ class NativePlugin:
         abi.bind(HostNamespace({**emulator.host_functions(),
                                 "enable_callback": self._enable_callback,
                                 "enable_callback_once": self._enable_callback_once,
+                                "enable_callback_for": self._enable_callback_for,
                                 "wait_for_body": self._wait_for_body}))
         self._once = set()  # (callback, context id): one call enters Python
+        self._kept = set()  # (callback, context id): every call enters Python
         self._waits = {}  # context id -> body limit: chunks before the last answered here
         self.module = importlib.import_module(entry)
         self.dispatcher = importlib.import_module("proxywasm.dispatcher")
@@ -69,6 +71,10 @@ class NativePlugin:
     def _enable_callback_once(self, name, context_id):
         """As the shim's _proxywasm_host.enable_callback_once."""
         self._once.add((name, context_id))
+
+    def _enable_callback_for(self, name, context_id):
+        """As the shim's _proxywasm_host.enable_callback_for."""
+        self._kept.add((name, context_id))
 
     def _wait_for_body(self, context_id, limit):
         """As the shim's _proxywasm_host.wait_for_body."""
@@ -99,9 +105,12 @@ class NativePlugin:
                 return abi_table.STOP_AND_BUFFER  # as the shim: a chunk before the last
             del self._waits[args[0]]
         handler = self._callbacks[callback]
-        if self._once:  # as the shim: a deleted context's pairs are forgotten
+        if self._once or self._kept:  # as the shim: a deleted context's pairs are forgotten
             if callback == "proxy_on_delete":
                 self._once = {(n, c) for n, c in self._once if c != args[0]}
+                self._kept = {(n, c) for n, c in self._kept if c != args[0]}
+            elif handler is None and (callback, args[0]) in self._kept:
+                handler = getattr(self.dispatcher, callback)
             elif handler is None and (callback, args[0]) in self._once:
                 self._once.discard((callback, args[0]))
                 handler = getattr(self.dispatcher, callback)
