@@ -7,8 +7,8 @@ imported: dataclasses each generated method (`exec`), namedtuple its __new__
 with the VM's standard library first on its path, and notes each string
 compiled, exec'd or eval'd; module_source() writes them, compiled, as the frozen
 module `_precompiled_code`, which plugin/precompiled_exec.py reads in the VM.
-The bytecode is this Python's, the same as the VM's: test_build_tools checks
-that its magic number matches the VM's.
+The bytecode is this Python's: the build runs only on a Python 3.11, whose
+bytecode the VM's CPython 3.11 reads (freeze.check_python).
 """
 
 import ast
