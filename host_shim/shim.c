@@ -168,6 +168,21 @@ PyObject *shim_enable_callback(PyObject *self, PyObject *name) {
     Py_RETURN_NONE;
 }
 
+/* Room for one more item in a growable array of `count` items (doubling from
+   64); -1 with MemoryError. */
+static int shim_room(void **items, size_t item_size, int count, int *capacity) {
+    if (count < *capacity) return 0;
+    int grown_capacity = *capacity ? 2 * *capacity : 64;
+    void *grown = realloc(*items, (size_t)grown_capacity * item_size);
+    if (grown == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *items = grown;
+    *capacity = grown_capacity;
+    return 0;
+}
+
 /* Calls of a callback left to the host that enter Python for one context: a
    short list of (callback index, context id, kept) entries, scanned on that
    callback only; an entry not kept is used once, every entry goes when its
@@ -187,13 +202,9 @@ static PyObject *shim_add_once(PyObject *const *args, Py_ssize_t nargs, const ch
     const char *wanted = PyUnicode_AsUTF8(args[0]);
     int i = wanted == NULL ? -1 : shim_callback_index(wanted);
     if (i < 0 || shim_load_callable(&shim_once_callables[i], wanted) < 0) return NULL;
-    if (shim_once_count == shim_once_capacity) {
-        int capacity = shim_once_capacity ? 2 * shim_once_capacity : 64;
-        shim_once_t *grown = realloc(shim_once, capacity * sizeof *grown);
-        if (grown == NULL) return PyErr_NoMemory();
-        shim_once = grown;
-        shim_once_capacity = capacity;
-    }
+    if (shim_room((void **)&shim_once, sizeof *shim_once, shim_once_count,
+                  &shim_once_capacity) < 0)
+        return NULL;
     shim_once[shim_once_count++] = (shim_once_t){i, context, kept};
     shim_once_per_callback[i]++;
     Py_RETURN_NONE;
@@ -250,13 +261,9 @@ PyObject *shim_wait_for_body(PyObject *self, PyObject *const *args, Py_ssize_t n
             Py_RETURN_NONE;
         }
     }
-    if (shim_wait_count == shim_wait_capacity) {
-        int capacity = shim_wait_capacity ? 2 * shim_wait_capacity : 64;
-        shim_wait_t *grown = realloc(shim_waits, capacity * sizeof *grown);
-        if (grown == NULL) return PyErr_NoMemory();
-        shim_waits = grown;
-        shim_wait_capacity = capacity;
-    }
+    if (shim_room((void **)&shim_waits, sizeof *shim_waits, shim_wait_count,
+                  &shim_wait_capacity) < 0)
+        return NULL;
     shim_waits[shim_wait_count++] = (shim_wait_t){context, limit};
     Py_RETURN_NONE;
 }

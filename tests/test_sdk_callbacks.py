@@ -6,6 +6,7 @@ cost Envoy ~20 us of CPU."""
 import json
 
 from proxywasm import CONTINUE
+from tests.llm_traffic import embedded_inflight
 
 ANSWERED_BY_HOST = ["proxy_on_request_body", "proxy_on_response_headers",
                     "proxy_on_response_body", "proxy_on_response_trailers", "proxy_on_done",
@@ -113,4 +114,37 @@ def test_request_body_enters_python_only_for_a_stream_paused_in_its_headers(make
         assert [host.call_on_request_body(cid, chunk, i == 3) for i in range(4)] == expected
         host.complete_http_context(cid)
         assert f"stream {cid}: body chunks={seen}" in host.logs_text(), host.logs_text()
+    assert host.get_error_logs() == [], host.logs_text()
+
+
+def test_a_hundred_streams_waiting_at_once_each_enter_python_at_their_last_chunk(make_host):
+    """The shim's per-stream lists grow past their first 64 entries."""
+    host = make_host(entry="body_wait_plugin", configuration=b"")
+    headers = [(":method", "POST"), (":path", "/"), (":authority", "svc"),
+               ("x-wait-limit", "1000")]
+    streams = [host.init_http_context() for _ in range(100)]
+    for cid in streams:
+        host.call_on_request_headers(cid, headers, False)
+        assert host.call_on_request_body(cid, b"x" * 10, False) == 1
+    for cid in streams:
+        assert host.call_on_request_body(cid, b"x" * 10, True) == 0
+        host.complete_http_context(cid)
+        assert f"stream {cid}: body chunks=1" in host.logs_text()
+    assert host.get_error_logs() == [], host.logs_text()
+
+
+def test_a_hundred_decided_streams_at_once_all_end_in_python(make_host):
+    """Each decided stream's response headers and end enter Python once (the
+    shim's once-list past 64 entries); every count is released."""
+    host = make_host(configuration=json.dumps({"lb_policy": "least_connections", "lb_config": {
+        "endpoints": ["10.0.0.1:80", "10.0.0.2:80"], "debugHeader": True}}))
+    streams = [host.init_http_context() for _ in range(100)]
+    for cid in streams:
+        host.call_on_request_headers(cid, [(":method", "GET"), (":path", "/"),
+                                           (":authority", "svc")], True)
+    for cid in streams:
+        host.call_on_response_headers(cid, [(":status", "200")], True)
+        assert host.get_response_header(cid, "x-ailb-decision")  # entered Python
+        host.complete_http_context(cid)
+    assert embedded_inflight(host) == {}
     assert host.get_error_logs() == [], host.logs_text()
