@@ -59,7 +59,7 @@ from bench import policies, report  # noqa: E402
 from bench.compiled_reference import build as compiled_reference  # noqa: E402
 from bench.overhead import (Scenario, cpu_model, envoy_version, interleaved,  # noqa: E402
                             measure_memory_by_concurrency, measure_starts)
-from bench.routing_quality import chat_body  # noqa: E402
+from bench.routing_quality import chat_body, plugin_problems  # noqa: E402
 
 SIZES = {"1 KB": 1024, "32 KB": 32 * 1024, "256 KB": 256 * 1024}
 OTHER_MODULES = {}  # label -> .wasm path, from --also-wasm
@@ -186,9 +186,7 @@ def measure_latency(args, endpoints, wasm, workdir, log):
             log(f"round {n + 1} of {args.rounds}: {s.name}: {len(samples)} answers"
                 + (f", {len(errors)} errors, e.g. {errors[0]}" if errors else ""))
         rss = {n: e.rss_bytes() for n, e in envoys.items()}
-        problems = {n: [line for line in e.log().splitlines()
-                        if "Traceback" in line or "Wasm VM failed" in line][:3]
-                    for n, e in envoys.items()}
+        problems = {n: plugin_problems(e)[:3] for n, e in envoys.items()}
     finally:
         for envoy in envoys.values():
             envoy.stop()

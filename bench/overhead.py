@@ -227,22 +227,29 @@ class Scenario:
 
 # --- Envoy start-up and memory ------------------------------------------------------------
 
+def _idle_envoy(endpoints, wasm, concurrency, path, settle_s):
+    """(start-to-ready seconds, idle RSS) of one Envoy start, with the plugin
+    when `wasm`, after `settle_s` (workers finish cloning their VMs)."""
+    config = harness.EnvoyConfig.simple(endpoints, wasm_path=wasm, plugin_config=PLUGIN_CONFIG,
+                                        concurrency=concurrency)
+    envoy = harness.Envoy(config, path)
+    try:
+        envoy.start(timeout=120)
+        time.sleep(settle_s)
+        return envoy.startup_s, envoy.rss_bytes()
+    finally:
+        envoy.stop()
+
+
 def measure_starts(endpoints, wasm, concurrency, starts, workdir):
     """Alternating starts with and without the plugin: start-to-ready seconds and
     idle RSS right after ready."""
     out = {"envoy": [], "plugin": []}
     for n in range(starts):
         for kind in ("envoy", "plugin"):
-            config = harness.EnvoyConfig.simple(
-                endpoints, wasm_path=wasm if kind == "plugin" else None,
-                plugin_config=PLUGIN_CONFIG, concurrency=concurrency)
-            envoy = harness.Envoy(config, os.path.join(workdir, f"start-{kind}-{n}"))
-            try:
-                envoy.start(timeout=120)
-                time.sleep(0.3)  # workers finish cloning their VMs
-                out[kind].append((envoy.startup_s, envoy.rss_bytes()))
-            finally:
-                envoy.stop()
+            out[kind].append(_idle_envoy(endpoints, wasm if kind == "plugin" else None,
+                                         concurrency,
+                                         os.path.join(workdir, f"start-{kind}-{n}"), 0.3))
     return out
 
 
@@ -252,16 +259,9 @@ def measure_memory_by_concurrency(endpoints, wasm, levels, workdir):
     out = {}
     for concurrency in levels:
         for kind in ("envoy", "plugin"):
-            config = harness.EnvoyConfig.simple(
-                endpoints, wasm_path=wasm if kind == "plugin" else None,
-                plugin_config=PLUGIN_CONFIG, concurrency=concurrency)
-            envoy = harness.Envoy(config, os.path.join(workdir, f"mem-{kind}-{concurrency}"))
-            try:
-                envoy.start(timeout=120)
-                time.sleep(0.5)
-                out[(kind, concurrency)] = envoy.rss_bytes()
-            finally:
-                envoy.stop()
+            out[(kind, concurrency)] = _idle_envoy(
+                endpoints, wasm if kind == "plugin" else None, concurrency,
+                os.path.join(workdir, f"mem-{kind}-{concurrency}"), 0.5)[1]
     return out
 
 

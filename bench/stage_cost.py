@@ -190,16 +190,21 @@ def envoy_table(case, probe):
     return "\n".join(lines)
 
 
-def main_envoy(args, wasm):
+def cases_in_envoy(requests, wasm):
+    """(case, raw numbers, table) per case, in Envoy."""
     from gateway_cost import replica_process
-    results, text = [], []
     with replica_process(4) as replicas, tempfile.TemporaryDirectory() as workdir:
         for case in CASES:
-            probe = measure_envoy(*case, args.requests, wasm, replicas.endpoints, workdir)
-            results.append({"policy": case[0], "body": case[1], "envoy": probe})
-            text.append(envoy_table(case, probe))
-            print(text[-1] + "\n", flush=True)
-    return results, text
+            probe = measure_envoy(*case, requests, wasm, replicas.endpoints, workdir)
+            yield case, {"envoy": probe}, envoy_table(case, probe)
+
+
+def cases_in_test_host(requests, wasm):
+    """(case, raw numbers, table) per case, natively and in the test host."""
+    for case in CASES:
+        native = measure("native", *case, requests, wasm)
+        measured = measure("wasm", *case, requests, wasm)
+        yield case, {"native": native, "wasm": measured}, table(case, native, measured)
 
 
 def main():
@@ -214,14 +219,12 @@ def main():
         parser.error(f"--requests must be a multiple of {REPORT_EVERY}")
     with tempfile.TemporaryDirectory() as tmp:
         wasm = args.wasm or build_probe(tmp)
-        results, text = main_envoy(args, wasm) if args.envoy else ([], [])
-        for case in CASES if not args.envoy else ():
-            native = measure("native", *case, args.requests, wasm)
-            measured = measure("wasm", *case, args.requests, wasm)
-            results.append({"policy": case[0], "body": case[1], "native": native,
-                            "wasm": measured})
-            text.append(table(case, native, measured))
-            print(text[-1] + "\n", flush=True)
+        results, text = [], []
+        cases = cases_in_envoy if args.envoy else cases_in_test_host
+        for case, numbers, case_table in cases(args.requests, wasm):
+            results.append({"policy": case[0], "body": case[1], **numbers})
+            text.append(case_table)
+            print(case_table + "\n", flush=True)
     if args.out:
         with open(args.out + ".md", "w", encoding="utf-8") as f:
             f.write("\n\n".join(text) + "\n")

@@ -144,6 +144,16 @@ static int total_add(PyObject *totals, const char *address, size_t len, int64_t 
     return rc;
 }
 
+/* Adds `n` slots' requests and work to the totals. */
+static int totals_add(PyObject *counts, PyObject *work, const slot_t *slots, int n) {
+    for (int k = 0; k < n; k++) {
+        if (total_add(counts, slots[k].address, slots[k].len, slots[k].requests) < 0 ||
+            total_add(work, slots[k].address, slots[k].len, slots[k].work) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* The line of this VM: "<vm> <until>( <address> <requests> <work>)*". */
 static int put_mine(text_t *t, const char *vm, size_t vm_len, int64_t until, const mine_t *m) {
     if ((t->len && fast_text_put(t, "\n", 1) < 0) || fast_text_put(t, vm, vm_len) < 0 ||
@@ -194,29 +204,13 @@ static int inflight_step(const char *raw, size_t raw_len, const char *vm, size_t
         work = PyDict_New();
         if (counts == NULL || work == NULL) goto done;
         for (int i = 0; i < r.n_lines; i++) { /* the live VMs, in the record's order */
-            if (i == mine_at) {
-                for (int k = 0; k < m.n; k++) {
-                    if (total_add(counts, m.slots[k].address, m.slots[k].len,
-                                  m.slots[k].requests) < 0 ||
-                        total_add(work, m.slots[k].address, m.slots[k].len, m.slots[k].work) < 0)
-                        goto done;
-                }
-            } else if (r.lines[i].until > now_ms) {
-                for (int k = 0; k < r.lines[i].count; k++) {
-                    slot_t *s = &r.slots[r.lines[i].first + k];
-                    if (total_add(counts, s->address, s->len, s->requests) < 0 ||
-                        total_add(work, s->address, s->len, s->work) < 0)
-                        goto done;
-                }
-            }
+            if ((i == mine_at && totals_add(counts, work, m.slots, m.n) < 0) ||
+                (i != mine_at && r.lines[i].until > now_ms &&
+                 totals_add(counts, work, &r.slots[r.lines[i].first], r.lines[i].count) < 0))
+                goto done;
         }
-        if (mine_at < 0) { /* a VM new to the record comes last */
-            for (int k = 0; k < m.n; k++) {
-                if (total_add(counts, m.slots[k].address, m.slots[k].len, m.slots[k].requests) < 0 ||
-                    total_add(work, m.slots[k].address, m.slots[k].len, m.slots[k].work) < 0)
-                    goto done;
-            }
-        }
+        if (mine_at < 0 && totals_add(counts, work, m.slots, m.n) < 0)
+            goto done; /* a VM new to the record comes last */
         pick = PyObject_CallFunctionObjArgs(choose, counts, work, NULL);
         if (pick == NULL) goto done;
         if (pick != Py_None) {

@@ -17,9 +17,8 @@ reads and writes included); `update` below is its Python reference.
 """
 
 from proxywasm import hostcalls
-from proxywasm.abi import CasMismatch
 
-from .shared_record import TRIES, GaveUp, SharedRecord
+from .shared_record import TRIES, GaveUp, SharedRecord, compare_and_swap
 
 MAX_LEASE_MS = 10**12  # 31 years: a longer lease (a config can ask) changes nothing
 
@@ -38,8 +37,7 @@ class EmbeddedInflight:
 
     def create(self):
         """Creates the record if missing. On configure, before any stream counts."""
-        if hostcalls.get_shared_data(self.record.key)[0] is None:
-            hostcalls.set_shared_data(self.record.key, b"")
+        self.record.create(empty=b"")
 
     def take(self, choose, now_ms):
         """choose(inflight: {address: count}, work: {address: blocks}) -> a Pick
@@ -91,8 +89,7 @@ def update(key, vm_id, now_ms, lease_ms, unreleased, choose, tries):
     `unreleased` {address: [requests, work]} applied; then with `choose`, the
     pick choose(*totals) is counted for this VM, else (a release) this VM's line
     goes once it counts no request. Returns (written, pick)."""
-    for _ in range(tries):
-        raw, cas = hostcalls.get_shared_data(key)
+    def change(raw):
         table = decode(raw)
         for vm in [vm for vm, (until, _) in table.items() if until <= now_ms and vm != vm_id]:
             del table[vm]
@@ -107,15 +104,9 @@ def update(key, vm_id, now_ms, lease_ms, unreleased, choose, tries):
                 _add(mine[1], pick.address, 1, pick.work)
         elif not any(requests > 0 for requests, _ in mine[1].values()):
             del table[vm_id]
-        encoded = encode(table)
-        if raw is not None and encoded == bytes(raw):
-            return True, pick
-        try:
-            hostcalls.set_shared_data(key, encoded, cas)
-            return True, pick
-        except CasMismatch:
-            continue
-    return False, None
+        return encode(table), pick
+
+    return compare_and_swap(key, change, tries)
 
 
 def decode(raw):

@@ -49,12 +49,16 @@ class EmbeddedPrefixIndex:
         self.ttl_s = ttl_s
         self.limiter = limiter
         self.capacity_of = capacity_of  # address -> its KV cache in index blocks (0: unknown)
+        self.slot_prefix = f"ailb:pc:{namespace}:"       # + hash mod capacity
+        self.clock_prefix = f"ailb:pcclk:{namespace}:"   # + address
+        self._slot_prefix_bytes = self.slot_prefix.encode()    # for the C versions
+        self._clock_prefix_bytes = self.clock_prefix.encode()
 
     def _slot(self, block_hash):
-        return f"ailb:pc:{self.namespace}:{int(block_hash, 16) % self.capacity}"
+        return f"{self.slot_prefix}{int(block_hash, 16) % self.capacity}"
 
     def _clock_key(self, address):
-        return f"ailb:pcclk:{self.namespace}:{address}"
+        return self.clock_prefix + address
 
     def matches(self, hashes, now_s):
         """({address: leading blocks it holds}, aging) for the replicas holding the
@@ -64,9 +68,8 @@ class EmbeddedPrefixIndex:
         again refreshes it)."""
         if prefix_matches is None:
             return self.reference_matches(hashes, now_s)
-        return prefix_matches(f"ailb:pc:{self.namespace}:".encode(), self.capacity,
-                              f"ailb:pcclk:{self.namespace}:".encode(), hashes, now_s,
-                              self.ttl_s, self.capacity_of)
+        return prefix_matches(self._slot_prefix_bytes, self.capacity, self._clock_prefix_bytes,
+                              hashes, now_s, self.ttl_s, self.capacity_of)
 
     def _clock(self, address):
         raw, _ = hostcalls.get_shared_data(self._clock_key(address))
@@ -149,7 +152,7 @@ class EmbeddedPrefixIndex:
         if prefix_record is None:
             self.reference_write_blocks(hashes, held, address, expiry, stamp, now_s)
         else:
-            prefix_record(f"ailb:pc:{self.namespace}:".encode(), self.capacity, hashes, held,
+            prefix_record(self._slot_prefix_bytes, self.capacity, hashes, held,
                           address, expiry, stamp, now_s, HOLDERS)
 
     def reference_write_blocks(self, hashes, held, address, expiry, stamp, now_s):

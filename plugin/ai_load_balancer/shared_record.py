@@ -28,10 +28,10 @@ class SharedRecord:
         self.key = key
         self.limiter = limiter
 
-    def create(self):
-        """Creates the key (an empty object) if missing. On configure."""
+    def create(self, empty=b"{}"):
+        """Creates the key (`empty`: an empty object) if missing. On configure."""
         if hostcalls.get_shared_data(self.key)[0] is None:
-            hostcalls.set_shared_data(self.key, b"{}")
+            hostcalls.set_shared_data(self.key, empty)
 
     def read(self):
         """(document, cas): the decoded value ({} when missing), and its version."""
@@ -53,17 +53,10 @@ class SharedRecord:
     def update_raw(self, change, if_lost):
         """update() for a caller that encodes itself: change(raw bytes | None)
         -> (bytes to write, result)."""
-        for _ in range(TRIES):
-            raw, cas = hostcalls.get_shared_data(self.key)
-            encoded, result = change(raw)
-            if raw is not None and encoded == bytes(raw):
-                return result
-            try:
-                hostcalls.set_shared_data(self.key, encoded, cas)
-                return result
-            except CasMismatch:
-                continue
-        self.gave_up(if_lost)
+        written, result = compare_and_swap(self.key, change, TRIES)
+        if not written:
+            self.gave_up(if_lost)
+        return result
 
     def gave_up(self, if_lost):
         """Counts and logs a change that lost TRIES races, and raises GaveUp."""
@@ -72,3 +65,20 @@ class SharedRecord:
                          f"{TRIES} compare-and-swap attempts on {self.key} "
                          f"lost to other workers; {if_lost}")
         raise GaveUp(self.key)
+
+
+def compare_and_swap(key, change, tries):
+    """change(raw bytes | None) -> (bytes to write, result), written under
+    compare-and-swap (not when unchanged), retried on a lost race up to `tries`
+    times. Returns (written, result): (False, None) when every race was lost."""
+    for _ in range(tries):
+        raw, cas = hostcalls.get_shared_data(key)
+        encoded, result = change(raw)
+        if raw is not None and encoded == bytes(raw):
+            return True, result
+        try:
+            hostcalls.set_shared_data(key, encoded, cas)
+            return True, result
+        except CasMismatch:
+            continue
+    return False, None
