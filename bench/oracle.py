@@ -22,7 +22,8 @@ better rule on estimates can beat it.
 
 `Ceiling` is the physical limit: the share of prompt tokens that some earlier
 request of the run already computed (any replica, an unbounded cache): no
-routing can hit more.
+routing can hit more. `FleetCeiling` adds what the replicas' real cache sizes
+leave of it, routing every prompt to its longest prefix and ignoring load.
 
 Tokens come from the simulator's tokenizer and chat template, which the
 simulated replicas use (exact there) and which the real tiny vLLM model of
@@ -152,3 +153,46 @@ class Ceiling:
     @property
     def rate(self):
         return self.hit_tokens / self.prompt_tokens if self.prompt_tokens else float("nan")
+
+
+class FleetCeiling(Ceiling):
+    """The ceiling again, and what routing could hit with the fleet's real caches
+    (`fleet_hit_tokens`): each prompt goes to the replica whose cache (one
+    CacheModel of `num_blocks` per replica) holds its longest prefix, a match
+    counting from `min_match` of the prompt's blocks; none: the replicas in
+    turn. Load is ignored, so it is an estimate of the best, not a bound: it
+    shows the hits that the caches' size, not routing, takes away."""
+
+    def __init__(self, endpoints, block_size, num_blocks, min_match=0.5):
+        super().__init__(block_size)
+        self.caches = [CacheModel(num_blocks) for _ in endpoints]
+        self.min_match = min_match
+        self.fleet_hit_tokens = 0
+        self.turn = 0
+
+    def longest(self, hashes):
+        """(replica index, matched blocks) of the longest match."""
+        matches = [cache.match(hashes) for cache in self.caches]
+        best = max(range(len(matches)), key=matches.__getitem__)
+        return best, matches[best]
+
+    def observe(self, namespace, tokens):
+        super().observe(namespace, tokens)
+        hashes = block_hashes(namespace, tokens, self.block_size,
+                              cacheable(tokens, self.block_size))
+        best, matched = self.longest(hashes)
+        if matched < max(1, math.ceil(self.min_match * len(hashes))):
+            best, matched = self.turn % len(self.caches), 0
+            self.turn += 1
+        self.fleet_hit_tokens += matched * self.block_size
+        self.caches[best].insert(block_hashes(namespace, tokens, self.block_size))
+
+    def computed(self, namespace, tokens):
+        super().computed(namespace, tokens)
+        hashes = block_hashes(namespace, tokens, self.block_size)
+        self.caches[self.longest(hashes)[0]].insert(hashes)
+
+    @property
+    def fleet_rate(self):
+        return (self.fleet_hit_tokens / self.prompt_tokens if self.prompt_tokens
+                else float("nan"))

@@ -51,7 +51,7 @@ sys.path.insert(0, ROOT)
 import envoy_harness as harness  # noqa: E402
 from bench import backends, calibrate, policies, report, workloads  # noqa: E402
 from bench.loadgen import Runner  # noqa: E402
-from bench.oracle import Ceiling, Oracle  # noqa: E402
+from bench.oracle import FleetCeiling, Oracle  # noqa: E402
 
 POLICIES = ["envoy-rr", "envoy-lr", "global_least_request", "prefix_cache", "least_busy",
             "least_busy-weighted", "oracle"]
@@ -104,7 +104,8 @@ def run_policy(policy, index, workload, backend, wasm, args, workdir):
         cpu0 = envoy.cpu_seconds()
         oracle = (Oracle(endpoints, backend.block_size, backend.num_blocks, args.oracle_gap,
                          args.oracle_min_match, args.seed) if policy == "oracle" else None)
-        ceiling = Ceiling(backend.block_size)
+        ceiling = FleetCeiling(endpoints, backend.block_size, backend.num_blocks,
+                               args.oracle_min_match)
         runner = Runner(envoy.port, backend.model, oracle=oracle, ceiling=ceiling,
                         timeout=args.timeout, names=backend.name_of)
         records = asyncio.run(runner.run(sessions, args.duration, args.drain))
@@ -120,7 +121,7 @@ def run_policy(policy, index, workload, backend, wasm, args, workdir):
            "fallbacks": fallbacks, "problems": problems[:3],
            "max_inflight": runner.max_inflight,
            "sim": report.sim_delta(sim_before, sim_after, endpoints),
-           "ceiling": (ceiling.hit_tokens, ceiling.prompt_tokens),
+           "ceiling": (ceiling.hit_tokens, ceiling.prompt_tokens, ceiling.fleet_hit_tokens),
            "elapsed": runner.elapsed, "span": report.run_span(records)}
     row = merge_runs(policy, [raw], backend)
     log(f"  {policy}: {row['ok']}/{row['requests']} ok, TTFT mean {row['ttft']['mean']:.3f} s "
@@ -158,6 +159,8 @@ def merge_runs(policy, raws, backend):
          "max_inflight": max(raw["max_inflight"] for raw in raws)},
         sim, hit / prompt if prompt else float("nan"), sum(raw["elapsed"] for raw in raws),
         span=sum(raw["span"] for raw in raws))
+    fleet_hit = sum(raw["ceiling"][2] for raw in raws)
+    row["fleet_ceiling"] = fleet_hit / prompt if prompt else float("nan")
     counted = [report.conversation_moves(raw["records"]) for raw in raws]
     if all(counted):
         row["moves"] = [sum(c[0] for c in counted), sum(c[1] for c in counted)]
@@ -177,9 +180,10 @@ MIN_COMPLETED = 0.90
 MAX_TTFT_P50_S = 10.0
 
 
-def median_ceiling(rows):
-    """The workload's hit-rate ceiling over the policies' runs (None: unknown)."""
-    ceilings = sorted(r["ceiling"] for r in rows if r["ceiling"] == r["ceiling"])
+def median_ceiling(rows, key="ceiling"):
+    """The workload's hit-rate ceiling (`key`: or fleet_ceiling) over the policies'
+    runs (None: unknown)."""
+    ceilings = sorted(r[key] for r in rows if r.get(key) == r.get(key))
     return ceilings[len(ceilings) // 2] if ceilings else None
 
 
@@ -319,7 +323,9 @@ def render_markdown(doc, out_dir):
         f"counting from {doc['oracle_min_match']:.0%} of the prompt (prefix_cache's rules before "
         "its cost model, with exact knowledge; bench/oracle.py). Ceiling: the share of prompt "
         "tokens some earlier request "
-        "already computed (any replica, unbounded cache): no routing can hit more.",
+        "already computed (any replica, unbounded cache): no routing can hit more. With the "
+        "fleet's caches: the same with each replica's real cache size, every prompt on the "
+        "replica holding its longest prefix (load ignored): what the caches' size leaves.",
         "",
     ]
     calibration = doc.get("calibration")
@@ -336,7 +342,7 @@ def render_markdown(doc, out_dir):
         lines += ["## Summary", "", report.summary_table(doc["workloads"]), ""]
     for wl in doc["workloads"]:
         rows = wl["rows"]
-        ceiling = median_ceiling(rows)
+        ceiling, fleet = median_ceiling(rows), median_ceiling(rows, "fleet_ceiling")
         lines += [
             f"## {wl['name']}: {wl['doc']}", "",
             f"Parameters: {wl['params']}; sending window {doc['duration']:g} s per policy "
@@ -344,7 +350,9 @@ def render_markdown(doc, out_dir):
             + (f", {doc['repeat']} runs per policy (order rotated; requests pooled)"
                if doc.get("repeat", 1) > 1 else "")
             + f", seed {doc['seed']}. Hit-rate ceiling: "
-            f"{'n/a' if ceiling is None else report.pct(ceiling)}.", "",
+            f"{'n/a' if ceiling is None else report.pct(ceiling)}"
+            + (f"; with the fleet's caches {report.pct(fleet)}" if fleet is not None else "")
+            + ".", "",
             report.table(rows), "",
             f"![TTFT CDF]({wl['plots'][0]}) ![hit rate vs load]({wl['plots'][1]})"
             if wl["plots"] and all(wl["plots"]) else "(plots: install matplotlib, the `bench` "
