@@ -169,6 +169,7 @@ class FleetCeiling(Ceiling):
         self.min_match = min_match
         self.fleet_hit_tokens = 0
         self.turn = 0
+        self.picked = {}  # (namespace, prompt tokens) -> replica, until computed
 
     def longest(self, hashes):
         """(replica index, matched blocks) of the longest match."""
@@ -185,12 +186,15 @@ class FleetCeiling(Ceiling):
             best, matched = self.turn % len(self.caches), 0
             self.turn += 1
         self.fleet_hit_tokens += matched * self.block_size
-        self.caches[best].insert(block_hashes(namespace, tokens, self.block_size))
+        self.picked[(namespace, tuple(tokens))] = best
 
     def computed(self, namespace, tokens):
+        """As Ceiling's: the prompt (then its answer) is cached from now, on the
+        replica observe picked (the answer: where its prompt is)."""
         super().computed(namespace, tokens)
         hashes = block_hashes(namespace, tokens, self.block_size)
-        self.caches[self.longest(hashes)[0]].insert(hashes)
+        best = self.picked.pop((namespace, tuple(tokens)), None)
+        self.caches[self.longest(hashes)[0] if best is None else best].insert(hashes)
 
     @property
     def fleet_rate(self):

@@ -26,3 +26,14 @@ def test_small_caches_lose_the_hits_they_cannot_hold():
     ceiling = FleetCeiling(["a", "b"], block_size=4, num_blocks=10)
     conversations(ceiling, users=4, turns=3, tokens_per_turn=16)
     assert ceiling.fleet_rate < ceiling.rate / 2
+
+
+def test_a_prompt_counts_as_cached_only_once_computed_as_in_the_unbounded_ceiling():
+    ceiling = FleetCeiling(["a", "b"], block_size=4, num_blocks=1000)
+    prompt = list(range(40))
+    ceiling.observe("m", prompt)
+    ceiling.observe("m", prompt)  # sent again before the first answer's prefill
+    assert ceiling.fleet_hit_tokens == ceiling.hit_tokens == 0
+    ceiling.computed("m", prompt)
+    ceiling.observe("m", prompt)
+    assert ceiling.fleet_hit_tokens == ceiling.hit_tokens > 0
