@@ -76,8 +76,10 @@ class CacheModel:
         return n
 
     def insert(self, hashes):
+        """The blocks are cached, tail first as vLLM frees a request's blocks (and
+        the simulator): a prefix's last blocks are evicted before its first."""
         blocks = self.blocks
-        for h in hashes:
+        for h in reversed(hashes):
             if h in blocks:
                 blocks.move_to_end(h)
             else:

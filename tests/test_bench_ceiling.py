@@ -1,6 +1,6 @@
 """bench/oracle.py's hit-rate ceilings: unbounded, and with the fleet's cache sizes."""
 
-from bench.oracle import FleetCeiling
+from bench.oracle import CacheModel, FleetCeiling
 
 
 def conversations(ceiling, users, turns, tokens_per_turn):
@@ -37,3 +37,10 @@ def test_a_prompt_counts_as_cached_only_once_computed_as_in_the_unbounded_ceilin
     ceiling.computed("m", prompt)
     ceiling.observe("m", prompt)
     assert ceiling.fleet_hit_tokens == ceiling.hit_tokens > 0
+
+
+def test_an_evicted_conversation_loses_its_last_blocks_first_as_in_vllm():
+    cache = CacheModel(num_blocks=10)
+    cache.insert(list(range(8)))           # a conversation's 8 blocks
+    cache.insert([100, 101, 102, 103])     # another request's: 2 blocks must go
+    assert cache.match(list(range(8))) == 6
