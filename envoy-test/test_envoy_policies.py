@@ -10,6 +10,7 @@ tests can keep requests in flight.
 import asyncio
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -268,6 +269,42 @@ def test_prefix_cache_hot_system_prompt_does_not_pull_every_conversation_to_one_
     reused = [d for d in decisions if d["reason"] == "prefix_match"]
     assert reused and all(d["matched_blocks"] >= len(SYSTEM) // 64 - 2 for d in reused)
     assert any(d["address"] == first["address"] for d in reused)
+
+
+def next_turn_while_a_prompt_queues_at_home(envoy, fleet):
+    """(first turn's decision, next turn's): a conversation's next turn comes
+    while a new user's long prompt, sharing its history's first blocks (so sent
+    to the same replica), is still being computed there."""
+    history = [{"role": "user", "content": DOCUMENT[:6000]}]  # ~93 blocks
+    first = check_routed(post_chat(envoy, chat(history)), fleet)
+    queued = [{"method": "POST", "path": CHAT_PATH, "headers": {**JSON, HOLD_HEADER: "2000"},
+               "body": chat([{"role": "user", "content": DOCUMENT[:6000]
+                              + " A new user's own long text." * 250}])}]  # ~110 new blocks
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(harness.run_requests, envoy.port, queued, timeout=10)
+        time.sleep(0.5)  # decided and held: its uncached blocks wait at home
+        turn = check_routed(post_chat(envoy, chat(history + [
+            {"role": "assistant", "content": "A summary."},
+            {"role": "user", "content": "And clause 7?"}])), fleet)
+        assert check_routed(held.result()[0], fleet)["address"] == first["address"]
+    return first, turn
+
+
+def test_prefix_cache_conversation_stays_home_on_two_replicas_unless_move_cost_is_0(
+        start_envoy, production_wasm):
+    """By this turn's prefill alone the other, idle replica is as quick (it
+    computes the history again while home computes the queued prompt); moving
+    would hold the history twice. Unset, moveCost is 1 on two replicas: it stays."""
+    behaviours = [harness.Behaviour(handler=hold_handler) for _ in range(2)]
+    with harness.ReplicaSet.start(2, behaviours) as fleet:
+        for fields, stays in (({}, True), ({"moveCost": 0}, False)):
+            envoy = policy_envoy(start_envoy, fleet, production_wasm, "prefix_cache", **fields)
+            first, turn = next_turn_while_a_prompt_queues_at_home(envoy, fleet)
+            if stays:
+                assert (turn["address"], turn["reason"]) == (first["address"], "prefix_match")
+            else:
+                assert (turn["address"] != first["address"], turn["reason"]) == (True,
+                                                                                "least_load")
 
 
 def test_prefix_cache_shared_document_two_questions(prefix, replicas4):

@@ -4,11 +4,13 @@ pick rules, and the Redis script held to the same answers as the Python rules.""
 import json
 import math
 import random
+from types import SimpleNamespace
 
 import pytest
 
 from ai_load_balancer import config, llm_request, picking, pipeline, prefix_hash, redis_state
 from ai_load_balancer.pipeline import Inputs
+from ai_load_balancer.policies import prefix_cache
 from proxywasm import resp
 from tests.llm_traffic import policy_for
 
@@ -175,8 +177,9 @@ def test_the_cost_model_keeps_a_request_with_its_prefix_until_the_queue_costs_mo
     pick = cost_pick({A: 2, B: 0, C: 0}, {A: 90, B: 30})
     assert (pick.address, pick.reason, pick.matched_blocks, pick.work) == (A, "prefix_match",
                                                                            90, 10)
-    # A holds 90 of 100 blocks, but 95 blocks of other prompts wait there: C is cheaper.
-    pick = cost_pick({A: 2, B: 0, C: 0}, {A: 90}, work={A: 95})
+    # A holds 90 of 100 blocks, but 95 blocks of other prompts wait there: B is
+    # cheaper (by this prefill alone: moveCost 0).
+    pick = cost_pick({A: 2, B: 0, C: 0}, {A: 90}, work={A: 95}, moveCost=0)
     assert (pick.address, pick.reason, pick.work) == (B, "least_load", 100)
 
 
@@ -196,11 +199,26 @@ def test_move_cost_keeps_a_conversation_home_when_a_new_prompt_queues_there():
     # turn waits there, and A has one more request in flight than B.
     home = dict(inflight={A: 2, B: 1, C: 1}, matched={A: 140}, prompt_blocks=143,
                 work={A: 125}, decode_cost=16)
-    assert cost_pick(**home).address == B  # by this turn's prefill alone, it moves
+    assert cost_pick(**home, moveCost=0).address == B  # by this turn's prefill alone, it moves
     assert cost_pick(**home, moveCost=1).address == A  # moving duplicates 140 blocks
     # A short shared system prompt is worth little to duplicate: a new prompt still
     # goes where the queue is short.
     assert cost_pick({A: 3, B: 0, C: 1}, {A: 4}, work={A: 200, C: 100}, moveCost=1).address == B
+
+
+def test_unset_move_cost_keeps_a_conversation_home_on_a_small_fleet_only():
+    # The same turn as above: on 3 replicas moveCost is 1/4, and it stays home;
+    # on 16, 1/225: the conversation goes to an idle replica.
+    home = dict(inflight={A: 2, B: 1, C: 1}, matched={A: 140}, prompt_blocks=143,
+                work={A: 125}, decode_cost=16)
+    assert cost_pick(**home).address == A
+    fleet = tuple(sorted(f"10.1.0.{i}:80" for i in range(16)))
+    home_address, policy = fleet[0], policy_for("prefix_cache", decodeCost=16)
+    pick = policy.choose(Inputs(fleet, 0, prompt_blocks=143, hashes=tuple(range(143)),
+                                matched={home_address: 140},
+                                inflight={a: 1 for a in fleet} | {home_address: 2},
+                                work={home_address: 125}))
+    assert pick.address != home_address and pick.reason == "least_load"
 
 
 def test_the_optional_filters_still_apply():
@@ -255,7 +273,7 @@ def owners_to_matches(owners):
 # --- the Redis script applies the same rules --------------------------------------------
 
 def python_pick(candidates, inflight, work, owners, costed, gap, limit, rotation, min_ratio,
-                hashes, prompt_blocks, decode_cost, move_cost=0.0):
+                hashes, prompt_blocks, decode_cost, move_cost=None):
     if not costed:
         policy = policy_for("global_least_request", maxRequestCount=limit)
     else:
@@ -308,13 +326,14 @@ def test_redis_script_and_python_pick_alike(redis_server):
         min_ratio, costed = rng.choice([0.0, 0.2, 0.5]), rng.random() < 0.7
         min_blocks = math.ceil(min_ratio * len(hashes))
         prompt_blocks = len(hashes) + rng.choice([0, 0, 5, 60])
-        decode_cost, move_cost = rng.choice([0, 4, 30]), rng.choice([0.0, 0.5, 1.0, 3.0])
+        # None: moveCost unset, by fleet size: the Redis call gets what the scorer uses.
+        decode_cost, move_cost = rng.choice([0, 4, 30]), rng.choice([None, 0.0, 0.5, 1.0, 3.0])
         expected = python_pick(candidates, inflight, work, owners, costed, gap, limit, rotation,
                                min_ratio, hashes, prompt_blocks, decode_cost, move_cost)
         reply = redis_server.command(*resp_args(redis_state.pick_command(
             cluster, "me", 60000, rotation, candidates, hashes, costed, gap, limit, 600,
             min_blocks, str(case), prompt_blocks, decode_cost, sizes=sizes,
-            move_cost=move_cost)))
+            move_cost=prefix_cache.move_cost(SimpleNamespace(move_cost=move_cost), candidates))))
         if expected == "limit":
             with pytest.raises(redis_state.LimitReached):
                 redis_state.parse_pick(reply)

@@ -46,7 +46,7 @@ class LBConfig:
     max_load_gap: int = 0                  # prefix match only within this many in-flight of
                                            # the least busy (-1: off)
     decode_cost: int = 0                   # cost model: prompt blocks per request in flight
-    move_cost: float = 0.0                 # cost model: weight of blocks held elsewhere, not here
+    move_cost: object = None               # cost model: blocks held elsewhere (None: by fleet)
     block_size: int = 0                    # bytes per prefix block
     max_blocks: int = 0                    # prefix blocks hashed at most
     index_capacity: int = 0                # embedded prefix index slots

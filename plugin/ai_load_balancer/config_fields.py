@@ -84,10 +84,12 @@ LB_CONFIG_FIELDS = (
        "whose first answer byte has not come + decodeCost per request in flight there; the "
        "lowest wins)",
        low=0, high=1 << 20, unit="blocks"),
-    _f("moveCost", "number", 0.0, ("prefix_cache",), "the cost model's weight of the prompt "
+    _f("moveCost", "number", None, ("prefix_cache",), "the cost model's weight of the prompt "
        "blocks another replica holds that this one does not: what moving a conversation off "
        "its replica costs beyond this request's prefill (its KV cache duplicated). 0: only "
-       "the prefill counts", low=0.0, high=100.0),
+       "the prefill counts; unset: 1 / (replicas - 1)^2, so a conversation stays home on a "
+       "fleet of two or three replicas and goes where the queue is short on a large one",
+       low=0.0, high=100.0),
     _f("maxLoadGap", "int", -1, ("prefix_cache",), "optional filter: a prefix match counts "
        "only on a replica with at most this many more requests in flight than the least busy "
        "one. -1: off (the cost model weighs the load)", low=-1),

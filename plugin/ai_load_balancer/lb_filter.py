@@ -25,7 +25,7 @@ from .picking import LimitReached
 from .pipeline import Inputs, NoCandidate
 from .policies.endpoint_hash import NewSession
 from .policies.least_busy import NoMetrics
-from .policies.prefix_cache import min_match_blocks
+from .policies.prefix_cache import min_match_blocks, move_cost
 from .scheduling import Shed
 from .shared_record import GaveUp
 
@@ -402,7 +402,7 @@ class LoadBalancerStream(HttpContext):
             cfg.key_ttl_s, min_match_blocks(cfg, inputs.hashes), self.request_id,
             inputs.prompt_blocks, cfg.decode_cost, self.lb.pick_script_cached,
             [policy.capacity_of(a) for a in inputs.candidates] if inputs.hashes else (),
-            move_cost=cfg.move_cost)
+            move_cost=move_cost(cfg, inputs.candidates))
         try:
             # Owned by the root: its answer arrives even if this stream is gone,
             # so a count Redis made for it can always be released. The stream

@@ -21,6 +21,16 @@ from ..replica_capacity import ReplicaCapacity
 from .base import Policy, register
 
 
+def move_cost(config, candidates):
+    """moveCost, or when unset 1 / (candidates - 1)^2: 1 on two replicas, where
+    a moved conversation's copy costs more hits than the move saves in queueing;
+    next to nothing on many, where a busy replica's conversations find idle ones
+    (bench/results/move-cost-by-fleet-size)."""
+    if config.move_cost is not None:
+        return config.move_cost
+    return 1.0 / max(1, len(candidates) - 1) ** 2
+
+
 def min_match_blocks(config, hashes):
     """The shortest match that counts: minMatchRatio of the hashed blocks, at least 1."""
     return max(1, math.ceil(config.min_match_ratio * len(hashes)))
@@ -46,10 +56,10 @@ def counted_matches(inputs, config, addresses):
 def prefill_cost(inputs, policy, addresses):
     """Lower predicted wait for the first token scores higher."""
     held, _ = counted_matches(inputs, policy.config, addresses)
-    decode_cost, move_cost = policy.config.decode_cost, policy.config.move_cost
+    decode_cost, move = policy.config.decode_cost, move_cost(policy.config, inputs.candidates)
     top = max(held.values(), default=0)
     return inverted([inputs.prompt_blocks - held[a] + inputs.work.get(a, 0)
-                     + decode_cost * inputs.inflight.get(a, 0) + move_cost * (top - held[a])
+                     + decode_cost * inputs.inflight.get(a, 0) + move * (top - held[a])
                      for a in addresses])
 
 
