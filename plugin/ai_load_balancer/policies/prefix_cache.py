@@ -3,7 +3,8 @@ token, in prefill work (prompt blocks): the part of its prompt the replica
 does not hold, plus the uncached work sent there whose first answer byte has
 not come (still being computed), plus `decodeCost` per request in flight
 there, plus `moveCost` per prompt block another replica holds and this one
-does not (moving a conversation duplicates its KV cache). So a request stays
+does not (moving a conversation duplicates its KV cache; unset, it follows the
+fleet's size: move_cost). So a request stays
 with the replica holding its prefix until that replica's queue costs more than
 the prefix saves. Optional filters on the
 match: one shorter than minMatchRatio of the prompt, or on a replica more than
