@@ -139,6 +139,8 @@ class Ceiling:
         self.prompt_tokens = 0
 
     def observe(self, namespace, tokens):
+        """Counts a prompt's tokens and those already computed; returns the hashes
+        of its blocks that may be taken from a cache."""
         hashes = block_hashes(namespace, tokens, self.block_size,
                               cacheable(tokens, self.block_size))
         n = 0
@@ -148,9 +150,13 @@ class Ceiling:
             n += 1
         self.hit_tokens += n * self.block_size
         self.prompt_tokens += len(tokens)
+        return hashes
 
     def computed(self, namespace, tokens):
-        self.seen.update(block_hashes(namespace, tokens, self.block_size))
+        """The tokens are computed from now; returns the hashes of their blocks."""
+        hashes = block_hashes(namespace, tokens, self.block_size)
+        self.seen.update(hashes)
+        return hashes
 
     @property
     def rate(self):
@@ -180,9 +186,7 @@ class FleetCeiling(Ceiling):
         return best, matches[best]
 
     def observe(self, namespace, tokens):
-        super().observe(namespace, tokens)
-        hashes = block_hashes(namespace, tokens, self.block_size,
-                              cacheable(tokens, self.block_size))
+        hashes = super().observe(namespace, tokens)
         best, matched = self.longest(hashes)
         if matched < max(1, math.ceil(self.min_match * len(hashes))):
             best, matched = self.turn % len(self.caches), 0
@@ -193,8 +197,7 @@ class FleetCeiling(Ceiling):
     def computed(self, namespace, tokens):
         """As Ceiling's: the prompt (then its answer) is cached from now, on the
         replica observe picked (the answer: where its prompt is)."""
-        super().computed(namespace, tokens)
-        hashes = block_hashes(namespace, tokens, self.block_size)
+        hashes = super().computed(namespace, tokens)
         best = self.picked.pop((namespace, tuple(tokens)), None)
         self.caches[self.longest(hashes)[0] if best is None else best].insert(hashes)
 

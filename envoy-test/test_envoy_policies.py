@@ -303,8 +303,7 @@ def test_prefix_cache_conversation_stays_home_on_two_replicas_unless_move_cost_i
             if stays:
                 assert (turn["address"], turn["reason"]) == (first["address"], "prefix_match")
             else:
-                assert (turn["address"] != first["address"], turn["reason"]) == (True,
-                                                                                "least_load")
+                assert turn["address"] != first["address"] and turn["reason"] == "least_load"
 
 
 def test_prefix_cache_shared_document_two_questions(prefix, replicas4):

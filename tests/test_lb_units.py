@@ -194,24 +194,24 @@ def test_a_short_shared_prefix_does_not_pull_new_prompts_onto_a_busy_replica():
     assert pick.address == B
 
 
+# A holds the conversation (140 of 143 blocks); a new user's 125-block first
+# turn waits there, and A has one more request in flight than B.
+HOME_TURN = dict(inflight={A: 2, B: 1, C: 1}, matched={A: 140}, prompt_blocks=143,
+                 work={A: 125}, decode_cost=16)
+
+
 def test_move_cost_keeps_a_conversation_home_when_a_new_prompt_queues_there():
-    # A holds the conversation (140 of 143 blocks); a new user's 125-block first
-    # turn waits there, and A has one more request in flight than B.
-    home = dict(inflight={A: 2, B: 1, C: 1}, matched={A: 140}, prompt_blocks=143,
-                work={A: 125}, decode_cost=16)
-    assert cost_pick(**home, moveCost=0).address == B  # by this turn's prefill alone, it moves
-    assert cost_pick(**home, moveCost=1).address == A  # moving duplicates 140 blocks
+    assert cost_pick(**HOME_TURN, moveCost=0).address == B  # by this prefill alone, it moves
+    assert cost_pick(**HOME_TURN, moveCost=1).address == A  # moving duplicates 140 blocks
     # A short shared system prompt is worth little to duplicate: a new prompt still
     # goes where the queue is short.
     assert cost_pick({A: 3, B: 0, C: 1}, {A: 4}, work={A: 200, C: 100}, moveCost=1).address == B
 
 
 def test_unset_move_cost_keeps_a_conversation_home_on_a_small_fleet_only():
-    # The same turn as above: on 3 replicas moveCost is 1/4, and it stays home;
+    # HOME_TURN: on 3 replicas moveCost is 1/4, and it stays home;
     # on 16, 1/225: the conversation goes to an idle replica.
-    home = dict(inflight={A: 2, B: 1, C: 1}, matched={A: 140}, prompt_blocks=143,
-                work={A: 125}, decode_cost=16)
-    assert cost_pick(**home).address == A
+    assert cost_pick(**HOME_TURN).address == A
     fleet = tuple(sorted(f"10.1.0.{i}:80" for i in range(16)))
     home_address, policy = fleet[0], policy_for("prefix_cache", decodeCost=16)
     pick = policy.choose(Inputs(fleet, 0, prompt_blocks=143, hashes=tuple(range(143)),
